@@ -1,0 +1,96 @@
+# r2i-hpc: `make help` lists the targets. Every target that runs Python depends on `setup`, so a fresh clone
+# needs nothing else: `make submit EXP=smoke` and `make test` build the environment themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The interpreter that builds the venv; the lock was resolved for CPython 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+
+EXP ?=
+SEEDS ?= 0
+SWEEP ?=
+ARGS ?=
+CLUSTER ?= auto
+PROFILE ?=
+DETACH ?= 0
+JSON ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: help setup lock test test-slurm test-all cluster-up cluster-down submit status cancel resume \
+        bench bench-buffer bench-agent chaos lint docker sif test-container clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv from requirements.lock (idempotent; redone when the lock or pyproject changes)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]} at {sys.executable}; set PYTHON=/path/to/python3.11"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+lock: ## re-resolve requirements.in into requirements.lock (in a scratch venv)
+	rm -rf /tmp/r2i-lock-venv && $(PYTHON) -m venv /tmp/r2i-lock-venv
+	/tmp/r2i-lock-venv/bin/pip install -q -r requirements.in
+	/tmp/r2i-lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+
+test: setup ## fast unit and local end-to-end tests (no cluster, no container)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slurm: setup cluster-up ## tests against the real dev Slurm cluster (brings it up first)
+	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
+
+cluster-up: ## start the local dev Slurm cluster (root, Debian; idempotent; ~20 s fresh, <1 s when up)
+	bash slurm/dev-cluster/up.sh
+
+cluster-down: ## stop the dev cluster daemons this project started (state and logs are kept)
+	bash slurm/dev-cluster/down.sh
+
+submit: setup ## launch EXP (SEEDS=0,1 SWEEP=name ARGS="k=v ..." CLUSTER=auto|slurm|local PROFILE=p DETACH=1)
+	@test -n "$(EXP)" || { echo "EXP is required, e.g. make submit EXP=smoke (make submit EXP=list shows them)"; exit 2; }
+	$(PY) -m orchestrator submit --exp "$(EXP)" --seeds "$(SEEDS)" --sweep "$(SWEEP)" --cluster "$(CLUSTER)" \
+	  --profile "$(PROFILE)" $(if $(filter 1,$(DETACH)),--detach) -- $(ARGS)
+
+status: setup ## report every run of SWEEP (JSON=1 for machine output; writes status.html)
+	@test -n "$(SWEEP)" || { echo "SWEEP is required, e.g. make status SWEEP=smoke-20261121-1200"; exit 2; }
+	$(PY) -m orchestrator status --sweep "$(SWEEP)" $(if $(filter 1,$(JSON)),--json)
+
+cancel: setup ## cancel every queued or running job of SWEEP
+	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
+	$(PY) -m orchestrator cancel --sweep "$(SWEEP)"
+
+resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued
+	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
+	$(PY) -m orchestrator resume --sweep "$(SWEEP)" --cluster "$(CLUSTER)" $(if $(filter 1,$(DETACH)),--detach)
+
+bench: bench-buffer bench-agent ## all benchmarks (JSON under bench/results/)
+
+bench-buffer: setup ## replay buffer benchmark -> bench/results/buffer.json
+	$(PY) -m bench.bench_buffer $(BENCH_ARGS)
+
+bench-agent: setup ## agent train/act benchmark -> bench/results/agent.json
+	$(PY) -m bench.bench_agent $(BENCH_ARGS)
+
+chaos: setup cluster-up ## fault-injection suite against the dev cluster (not implemented yet)
+	@echo "make chaos: not implemented yet (issue 'chaos')"; exit 2
+
+lint: setup ## ruff over the packages, tests and benchmarks
+	$(VENV)/bin/ruff check orchestrator agent buffer tests bench
+
+docker: ## build the project image (podman here, docker where an engine runs) (not implemented yet)
+	@echo "make docker: not implemented yet (issue 'containers')"; exit 2
+
+sif: ## build the Singularity image from the docker image (not implemented yet)
+	@echo "make sif: not implemented yet (issue 'containers')"; exit 2
+
+test-container: ## build the image and run the container tests (not implemented yet)
+	@echo "make test-container: not implemented yet (issue 'containers')"; exit 2
+
+clean: ## remove caches and bench scratch (keeps .venv, runs and the dev cluster state)
+	rm -rf .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
