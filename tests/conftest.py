@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+
+# Before anything imports jax: XLA compiles are the bulk of test time on 2 cores, and many tests (and the
+# subprocesses they start, which inherit this) compile the same tiny programs. A cache hit is the same binary.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "r2i-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 def _cluster_problem() -> str | None:

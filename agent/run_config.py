@@ -1,0 +1,56 @@
+"""Configuration of the training loop: the `train` and `wandb` sections, and `AgentRunConfig`, the part of the
+config tree that `agent.train.train` receives (see docs/interfaces.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.config import AgentConfig, ConfigError
+from agent.envs.config import EnvConfig
+from buffer import ReplayConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Counters of the loop. Everything that shapes the trajectory is counted in env steps, never in seconds."""
+
+    steps: int = 1_000_000  # env steps to run, all envs together
+    num_envs: int = 4
+    env_processes: bool = True  # one worker process per env (False: in this process; cheap envs and tests)
+    train_ratio: int = 64  # replayed steps (batch * length) per env step
+    batch: int = 4  # B sequences per update
+    length: int = 1024  # T steps per sequence
+    prefill: int = 10_000  # env steps before the first update
+    commit_every_min: float = 10.0  # durable commit period; a stop request always commits
+    log_every: int = 1000  # env steps between rows of logs/metrics.jsonl
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.num_envs, self.train_ratio, self.batch, self.length, self.log_every) < 1:
+            raise ConfigError(f"train: steps, num_envs, train_ratio, batch, length, log_every must be >= 1: {self}")
+        if self.prefill < 0 or self.commit_every_min <= 0:
+            raise ConfigError(f"train: prefill={self.prefill} must be >= 0 and commit_every_min > 0")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases: offline by default (sync later with `wandb sync <run dir>`); one run id per run."""
+
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "r2i-hpc"
+    entity: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"wandb.mode={self.mode!r} must be offline, online or disabled")
+
+
+@dataclass(frozen=True)
+class AgentRunConfig:
+    """What the training loop sees of the config tree."""
+
+    seed: int = 0
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    replay: ReplayConfig = field(default_factory=lambda: ReplayConfig(capacity=1_000_000))
+    wandb: WandbConfig = field(default_factory=WandbConfig)

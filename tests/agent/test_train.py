@@ -1,0 +1,126 @@
+"""The training loop end to end on CPU: exact resume, in a new process, against an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from agent.config import agent_config_from
+from agent.envs import EnvConfig
+from agent.run_config import AgentRunConfig, TrainConfig, WandbConfig
+from agent.train import RunContext, train, updates_due
+from buffer import Replay, ReplayConfig
+
+REPO = Path(__file__).resolve().parents[2]
+ENVS = {
+    "tmaze": EnvConfig(kind="tmaze", id="passive", memory_length=6),
+    "popgym": EnvConfig(kind="popgym", id="popgym-RepeatPreviousEasy-v0"),
+}
+
+
+def make_cfg(env: str, steps: int = 96, **train_kw) -> AgentRunConfig:
+    """A run small enough for 2 CPU cores: tiny widths, 2 in-process envs, 8 updates."""
+    agent = agent_config_from(OmegaConf.load(os.environ.get("R2I_TINY", REPO / "experiments" / "agent" / "tiny.yaml")))
+    kw = dict(steps=steps, num_envs=2, env_processes=False, train_ratio=32, batch=2, length=8, prefill=32,
+              commit_every_min=60.0, log_every=16)
+    kw.update(train_kw)
+    return AgentRunConfig(seed=3, agent=agent, env=ENVS[env], train=TrainConfig(**kw),
+                          replay=ReplayConfig(capacity=4096, chunk=16, inner=8, prefetch=1, threads=1, fsync=False),
+                          wandb=WandbConfig(mode="disabled"))
+
+
+def make_ctx(root: Path, stop_after: int | None = None, token: str = "t0") -> RunContext:
+    root.mkdir(parents=True, exist_ok=True)
+    calls = iter(range(10**9))
+    return RunContext(scratch_dir=str(root / "scratch"), durable_url=str(root / "durable"),
+                      log_dir=str(root / "logs"), writer_token=token,
+                      should_stop=lambda: stop_after is not None and next(calls) >= stop_after)
+
+
+def final_state(root: Path, cfg: AgentRunConfig) -> dict:
+    """Everything a finished run leaves: agent blobs, loop counters, metrics rows and the whole replay."""
+    from agent.train import step_schema
+
+    with Replay(step_schema(_obs_spec(cfg)), cfg.train.num_envs, str(root / "check-scratch"), str(root / "durable"),
+                cfg.replay, batch=cfg.train.batch, length=cfg.train.length, writer_token="reader") as r:
+        restored = r.restore()
+        info = r.info
+        data = [r.read(w, info["lo"], info["t"]) for w in range(cfg.train.num_envs)]
+    loop = {k: v for k, v in restored.extra["loop"].items() if k != "wall_time_s"}
+    return {"blobs": restored.blobs, "loop": loop, "info": {k: info[k] for k in ("t", "lo", "draws")},
+            "data": data, "metrics": (root / "logs" / "metrics.jsonl").read_bytes()}
+
+
+def _obs_spec(cfg: AgentRunConfig) -> dict:
+    from agent.envs import make_env
+
+    env = make_env(cfg.env)
+    try:
+        return env.obs_spec()
+    finally:
+        env.close()
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["blobs"].keys() == b["blobs"].keys()
+    for k in a["blobs"]:
+        assert a["blobs"][k] == b["blobs"][k], f"blob {k} differs"
+    assert a["loop"] == b["loop"]
+    assert a["info"] == b["info"]
+    assert a["metrics"] == b["metrics"]
+    for da, db in zip(a["data"], b["data"], strict=True):
+        for f in da:
+            np.testing.assert_array_equal(da[f], db[f], err_msg=f)
+
+
+def test_updates_follow_the_train_ratio() -> None:
+    cfg = make_cfg("tmaze")  # 32 replayed steps per env step, 16 per batch, prefill 32
+    assert [updates_due(s, cfg) for s in (0, 32, 33, 34, 96)] == [0, 0, 2, 4, 128]
+    assert updates_due(96, replace(cfg, train=replace(cfg.train, train_ratio=1))) == 4
+
+
+@pytest.mark.parametrize("env", ["tmaze", "popgym"])
+def test_stop_and_resume_in_a_new_process_is_bit_identical(tmp_path: Path, env: str) -> None:
+    cfg = make_cfg(env)
+    assert train(cfg, make_ctx(tmp_path / "straight")) == "done"
+    reference = final_state(tmp_path / "straight", cfg)
+    assert reference["loop"]["env_steps"] == 96 and reference["loop"]["updates"] == updates_due(96, cfg)
+    assert reference["metrics"].count(b"\n") == 96 // 16
+
+    # Stop mid-episode (iteration 23: T-Maze episodes last 7 steps), then finish in a fresh interpreter.
+    root = tmp_path / "interrupted"
+    assert train(cfg, make_ctx(root, stop_after=23)) == "stopped"
+    code = ("import sys; from tests.agent.test_train import make_cfg, make_ctx, train; from pathlib import Path; "
+            f"sys.exit(0 if train(make_cfg({env!r}), make_ctx(Path({str(root)!r}), token='t1')) == 'done' else 1)")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=600)
+    assert_same(final_state(root, cfg), reference)
+
+
+def test_rows_after_the_last_commit_are_redone_not_duplicated(tmp_path: Path) -> None:
+    cfg = make_cfg("tmaze")
+    assert train(cfg, make_ctx(tmp_path, stop_after=40)) == "stopped"
+    metrics = tmp_path / "logs" / "metrics.jsonl"
+    committed = metrics.read_bytes()
+    # A killed attempt may have written rows past its last commit; they must not survive the resume.
+    metrics.write_bytes(committed + json.dumps({"env_steps": 999}).encode() + b"\n")
+    assert train(cfg, make_ctx(tmp_path, token="t1")) == "done"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == [16, 32, 48, 64, 80, 96]
+
+
+def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
+    from agent.train import ResumeError
+
+    cfg = make_cfg("tmaze")
+    assert train(cfg, make_ctx(tmp_path, stop_after=5)) == "stopped"
+    other = replace(cfg, seed=4)
+    with pytest.raises(ResumeError, match="another config"):
+        train(other, make_ctx(tmp_path, token="t1"))
