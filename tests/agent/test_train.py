@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -28,7 +27,7 @@ ENVS = {
 
 def make_cfg(env: str, steps: int = 96, **train_kw) -> AgentRunConfig:
     """A run small enough for 2 CPU cores: tiny widths, 2 in-process envs, 8 updates."""
-    agent = agent_config_from(OmegaConf.load(os.environ.get("R2I_TINY", REPO / "experiments" / "agent" / "tiny.yaml")))
+    agent = agent_config_from(OmegaConf.load(REPO / "experiments" / "agent" / "tiny.yaml"))
     kw = dict(steps=steps, num_envs=2, env_processes=False, train_ratio=32, batch=2, length=8, prefill=32,
               commit_every_min=60.0, log_every=16)
     kw.update(train_kw)

@@ -1,0 +1,72 @@
+"""EnvConfig: the `env` node of the config tree (hydra group `experiments/env/*.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.envs.base import EnvConfigError
+
+KINDS = ("tmaze", "popgym", "mmaze")
+TMAZE_IDS = ("passive", "active")
+MMAZE_IDS = ("9x9", "11x11", "13x13", "15x15")
+RENDER_BACKENDS = ("", "egl", "osmesa", "glfw")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment to build and how.
+
+    kind: tmaze | popgym | mmaze.
+    id:   tmaze: passive | active; popgym: a gymnasium id `popgym-<Name>-v0`;
+          mmaze: 9x9 | 11x11 | 13x13 | 15x15.
+    The remaining fields apply to one kind only and are ignored by the others.
+    """
+
+    kind: str = "tmaze"
+    id: str = "passive"
+    # T-Maze (Ni et al. 2023): corridor length L = steps between the cue and the junction.
+    memory_length: int = 20
+    episode_length: int = 0  # 0: the shortest episode that can succeed (L + 1 passive, L + 3 active)
+    goal_reward: float = 1.0  # entering the arm the cue pointed to
+    wrong_reward: float = 0.0  # entering the other arm (0 as in Ni et al.)
+    step_penalty: float | None = None  # per step behind schedule; None: -1 / (episode_length - 1)
+    # Memory Maze
+    render_backend: str = ""  # "": respect MUJOCO_GL, else egl when libEGL exists, else osmesa
+    fast_contacts: bool = True  # vectorised TargetSphere contact loop (bit-identical, ~2.5x faster)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise EnvConfigError(f"env.kind={self.kind!r} is unknown; expected one of {list(KINDS)}")
+        if self.kind == "tmaze":
+            if self.id not in TMAZE_IDS:
+                raise EnvConfigError(
+                    f"env.id={self.id!r} is not a T-Maze variant; expected one of {list(TMAZE_IDS)}")
+            if self.memory_length < 1:
+                raise EnvConfigError(f"env.memory_length={self.memory_length} must be >= 1")
+            shortest = self.memory_length + (3 if self.id == "active" else 1)
+            if self.episode_length and self.episode_length < shortest:
+                raise EnvConfigError(
+                    f"env.episode_length={self.episode_length} is shorter than the {shortest} steps "
+                    f"a T-Maze {self.id} with memory_length={self.memory_length} needs")
+            if self.step_penalty is not None and self.step_penalty > 0:
+                raise EnvConfigError(f"env.step_penalty={self.step_penalty} must be <= 0")
+        elif self.kind == "popgym":
+            if not (self.id.startswith("popgym-") and self.id.endswith("-v0")):
+                raise EnvConfigError(f"env.id={self.id!r} is not a POPGym id of the form popgym-<Name>-v0")
+        elif self.kind == "mmaze":
+            if self.id not in MMAZE_IDS:
+                raise EnvConfigError(
+                    f"env.id={self.id!r} is not a Memory Maze size; expected one of {list(MMAZE_IDS)}")
+            if self.render_backend not in RENDER_BACKENDS:
+                raise EnvConfigError(
+                    f"env.render_backend={self.render_backend!r} is unknown; "
+                    f"expected one of {list(RENDER_BACKENDS)}")
+
+    @property
+    def name(self) -> str:
+        """Short display name, e.g. `tmaze_passive_L20`, `popgym_RepeatPreviousEasy`, `mmaze_9x9`."""
+        if self.kind == "tmaze":
+            return f"tmaze_{self.id}_L{self.memory_length}"
+        if self.kind == "popgym":
+            return "popgym_" + self.id[len("popgym-"):-len("-v0")]
+        return f"mmaze_{self.id}"

@@ -1,0 +1,105 @@
+"""Learning curves on CPU: train a preset on an env through the real training loop and record the curve.
+
+    python -m bench.learn --agent tmaze --env tmaze_passive --steps 60000 [--set train.batch=8 ...]
+
+Writes bench/results/learn_<name>.json (curve, wall time, final success/return, config) and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from agent.config import structured_schema
+from agent.run_config import AgentRunConfig
+from agent.train import RunContext, train
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+# Loop settings for CPU learning runs; anything can be overridden with --set.
+DEFAULT_TRAIN = dict(num_envs=4, env_processes=False, train_ratio=64, batch=8, length=64, prefill=2000,
+                     commit_every_min=5.0, log_every=1000)
+
+
+def compose(agent: str, env: str, steps: int, overrides: list[str], seed: int) -> AgentRunConfig:
+    exp = REPO / "experiments"
+    tree = OmegaConf.create({"seed": seed, "agent": OmegaConf.load(exp / "agent" / f"{agent}.yaml"),
+                             "env": OmegaConf.load(exp / "env" / f"{env}.yaml"),
+                             "train": {**DEFAULT_TRAIN, "steps": steps},
+                             "replay": {"capacity": max(steps, 100_000), "chunk": 256, "inner": 64},
+                             "wandb": {"mode": "disabled"}})
+    tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(overrides))
+    return OmegaConf.to_object(OmegaConf.merge(structured_schema(AgentRunConfig), tree))
+
+
+def read_curve(log_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def plot(curve: list[dict], key: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["env_steps"], r[key]) for r in curve if key in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if pts:
+        ax.plot(*zip(*pts, strict=True), marker=".")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agent", default="tmaze", help="experiments/agent/<name>.yaml")
+    ap.add_argument("--env", default="tmaze_passive", help="experiments/env/<name>.yaml")
+    ap.add_argument("--steps", type=int, default=60_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], help="dotlist overrides, e.g. train.batch=16 env.memory_length=50")
+    ap.add_argument("--name", default="")
+    ap.add_argument("--workdir", default="/tmp/r2i-learn")
+    args = ap.parse_args()
+
+    cfg = compose(args.agent, args.env, args.steps, args.set, args.seed)
+    name = args.name or f"{args.agent}_{cfg.env.name}"
+    root = Path(args.workdir) / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    ctx = RunContext(scratch_dir=str(root / "scratch"), durable_url=str(root / "durable"), log_dir=str(root / "logs"),
+                     writer_token=uuid.uuid4().hex, should_stop=lambda: False)
+    t0 = time.monotonic()
+    outcome = train(cfg, ctx)
+    wall = time.monotonic() - t0
+    curve = read_curve(root / "logs")
+    key = "episode/success" if any("episode/success" in r for r in curve) else "episode/return"
+    tail = [r[key] for r in curve[-5:] if key in r]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "name": name, "outcome": outcome, "wall_time_s": wall, "env_steps": args.steps, "metric": key,
+        "final_mean_last5_rows": sum(tail) / len(tail) if tail else None,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0))},
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "curve": [{k: r[k] for k in ("env_steps", "updates", key, "episode/return") if k in r} for r in curve],
+    }
+    (RESULTS / f"learn_{name}.json").write_text(json.dumps(result, indent=1))
+    plot(curve, key, f"{name} ({wall / 60:.1f} min on CPU)", RESULTS / f"learn_{name}.png")
+    print(json.dumps({k: result[k] for k in ("name", "outcome", "wall_time_s", "metric", "final_mean_last5_rows")}))
+
+
+if __name__ == "__main__":
+    main()
