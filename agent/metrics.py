@@ -72,8 +72,10 @@ class MetricsLog:
     def write(self, row: dict, perf: dict) -> None:
         line = (json.dumps(row, sort_keys=True) + "\n").encode()
         self._f.write(line)
+        self._f.flush()  # visible to `make status` at once; fsync waits for the commit
         self.bytes_written += len(line)
         self._perf.write(json.dumps({"env_steps": row["env_steps"], **perf}, sort_keys=True) + "\n")
+        self._perf.flush()
         if self._wandb is not None:
             self._wandb.log({**row, **perf}, step=row["env_steps"])
 
