@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
 EXP ?=
-SEEDS ?= 0
+SEEDS ?=
 SWEEP ?=
 ARGS ?=
 CLUSTER ?= auto
@@ -52,11 +52,12 @@ cluster-down: ## stop the dev cluster daemons this project started (state and lo
 	bash slurm/dev-cluster/down.sh
 
 submit: setup ## launch EXP (SEEDS=0,1 SWEEP=name ARGS="k=v ..." CLUSTER=auto|slurm|local PROFILE=p DETACH=1)
-	@test -n "$(EXP)" || { echo "EXP is required, e.g. make submit EXP=smoke (make submit EXP=list shows them)"; exit 2; }
-	$(PY) -m orchestrator submit --exp "$(EXP)" --seeds "$(SEEDS)" --sweep "$(SWEEP)" --cluster "$(CLUSTER)" \
-	  --profile "$(PROFILE)" $(if $(filter 1,$(DETACH)),--detach) -- $(ARGS)
+	@test -n "$(EXP)" || { echo "EXP is required, e.g. make submit EXP=smoke (the error for an unknown EXP lists them)"; exit 2; }
+	$(PY) -m orchestrator submit --exp "$(EXP)" $(if $(SEEDS),--seeds "$(SEEDS)") $(if $(SWEEP),--sweep "$(SWEEP)") \
+	  --cluster "$(or $(CLUSTER),auto)" $(if $(PROFILE),--profile "$(PROFILE)") $(if $(filter 1,$(DETACH)),--detach) \
+	  --args '$(ARGS)'
 
-status: setup ## report every run of SWEEP (JSON=1 for machine output; writes status.html)
+status: setup ## report every run of SWEEP (JSON=1 for machine output); also writes <sweep>/status.html
 	@test -n "$(SWEEP)" || { echo "SWEEP is required, e.g. make status SWEEP=smoke-20261121-1200"; exit 2; }
 	$(PY) -m orchestrator status --sweep "$(SWEEP)" $(if $(filter 1,$(JSON)),--json)
 
@@ -64,9 +65,9 @@ cancel: setup ## cancel every queued or running job of SWEEP
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
 	$(PY) -m orchestrator cancel --sweep "$(SWEEP)"
 
-resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued
+resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued (DETACH=1 locally)
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
-	$(PY) -m orchestrator resume --sweep "$(SWEEP)" --cluster "$(CLUSTER)" $(if $(filter 1,$(DETACH)),--detach)
+	$(PY) -m orchestrator resume --sweep "$(SWEEP)" $(if $(filter 1,$(DETACH)),--detach)
 
 bench: bench-buffer bench-agent ## all benchmarks (JSON under bench/results/)
 

@@ -101,6 +101,7 @@ def _worker(conn, cfg: EnvConfig, seed: int, index: int, parent_pid: int) -> Non
     # Preemption signals belong to the trainer, which must still be able to snapshot us after receiving one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     slot = None
     try:
         slot = _Slot(cfg, seed, index)

@@ -1,0 +1,212 @@
+"""What runs inside the job (Slurm step or local process): `run_job(run_dir)`.
+
+The launch pickle holds only the run folder's path; everything else comes from `config.yaml` and the durable
+store, so a node-failure requeue that reruns the original pickle resumes correctly. Signal handlers only set a
+flag; the training entry stops at its next step boundary, commits, and returns "stopped"; the job then says by
+its exit status whether the host side should requeue it (`scontrol` is not inside containers).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import slurm
+from orchestrator.config import RootConfig, agent_run_config, load_run_config
+from orchestrator.sweep import RunPaths, read_json, run_paths, write_json_atomic
+
+LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts a task that exits with this
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the training entry gets besides its config (docs/interfaces.md)."""
+
+    scratch_dir: str  # node-local folder, may be empty on a new node
+    durable_url: str  # the only truth for resuming
+    log_dir: str  # metrics.jsonl, wandb, ...
+    writer_token: str  # unique per attempt, for the buffer's writer fencing
+    should_stop: Callable[[], bool]  # poll at step boundaries; True: commit and return "stopped"
+
+
+class StopFlag:
+    """A stop request: set by a signal handler (which does nothing else), by the file the host-side step wrapper
+    writes when Slurm signals the step, or by the attempt's end time coming near.
+
+    Under the wrapper (`R2I_FACTS_FILE` set) the job keeps USR2/TERM *ignored* and watches the file instead:
+    Slurm signals every process of the step, and env worker processes started by the training loop inherit
+    the ignored disposition, so they are not killed before the loop has committed (measured: with handlers
+    only in the main process, a preemption killed the workers and the job failed with a broken pipe).
+    """
+
+    POLL_S = 0.2  # at most one stat() of the request file per POLL_S (shared filesystems)
+
+    def __init__(self, request_file: str | None = None, end_time: float | None = None,
+                 grace_s: float = 0.0) -> None:
+        self.signal: str | None = None
+        self.time: float | None = None
+        self.request_file = request_file
+        self.end_time = end_time
+        self.grace_s = grace_s
+        self._next_poll = 0.0
+
+    def handler(self, signum: int, frame: Any = None) -> None:
+        if self.signal is None:
+            self.signal, self.time = signal.Signals(signum).name, time.time()
+
+    def _poll_file(self) -> None:
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.POLL_S
+        try:
+            first = Path(self.request_file).read_text().split("\n", 1)[0]
+        except FileNotFoundError:
+            return
+        fields = dict(kv.split("=", 1) for kv in first.split() if "=" in kv)
+        self.signal = fields.get("Signal", "SIGUSR2")
+        self.time = float(fields.get("SignalTime") or time.time())
+
+    def __call__(self) -> bool:
+        if self.signal is None and self.request_file:
+            self._poll_file()
+        if self.signal is not None:
+            return True
+        # a lost signal: stop by the clock of Slurm's end time instead
+        return self.end_time is not None and time.time() >= self.end_time - self.grace_s
+
+    def install(self) -> None:
+        handler = signal.SIG_IGN if self.request_file else self.handler
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+
+def device_fingerprint() -> dict[str, Any]:
+    """Hardware facts that change XLA's bits: CPU model and usable cores, visible GPUs (not the hostname)."""
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    fp: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu, "cpus": len(os.sched_getaffinity(0)),
+                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    if "jax" in sys.modules:  # the entry may have imported it already on an earlier attempt in-process
+        fp["jax_devices"] = sorted({d.device_kind for d in sys.modules["jax"].devices()})
+    return fp
+
+
+def resolve_entry(spec: str) -> Callable[..., str]:
+    """`package.module:function` -> the function."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"run.entry={spec!r} must look like 'package.module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+def _cluster_kind() -> str:
+    return "slurm" if os.environ.get("SLURM_JOB_ID") else "local"
+
+
+def _log(msg: str) -> None:
+    print(f"[r2i {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_job(run_dir: str) -> str:
+    """Run (or resume) one run to "done" or to a stop; exits with REQUEUE_EXIT when it wants a requeue."""
+    flag = StopFlag(request_file=os.environ.get("R2I_FACTS_FILE") or None)
+    flag.install()  # first: a stop request must never be lost, nor kill the process
+    cfg = load_run_config(Path(run_dir) / "config.yaml")
+    sweep, run = Path(run_dir).parent.name, Path(run_dir).name
+    paths = run_paths(cfg, Path(run_dir).parent, run).resolved()
+    kind = _cluster_kind()
+    facts = slurm.facts_from(os.environ) if kind == "slurm" else None
+    if facts is not None:
+        flag.end_time, flag.grace_s = facts.end_time, cfg.cluster.signal_grace_s
+    state = read_json(paths.state) or {"attempts": [], "warnings": []}
+    if state.get("state") == "done":
+        _log(f"run {run} is already done; nothing to do")
+        return "done"
+
+    device = device_fingerprint()
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))
+    restart = facts.restart_count if facts else 0
+    previous = [a["device"] for a in state["attempts"] if a.get("device")]
+    if previous and previous[-1] != device:
+        warning = (f"attempt {len(state['attempts'])} runs on different hardware "
+                   f"({previous[-1]} -> {device}): "
+                   "it continues exactly from the committed state, but later bits will differ")
+        state["warnings"].append(warning)
+        _log("WARNING: " + warning)
+    attempt = {"job_id": job_id, "restart": restart, "cluster": kind, "host": socket.gethostname(),
+               "pid": os.getpid(), "device": device, "start": time.time()}
+    state["attempts"].append(attempt)
+    state.update(state="running", job_id=job_id, restart=restart, updated=time.time())
+    write_json_atomic(paths.state, state)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    Path(paths.scratch).mkdir(parents=True, exist_ok=True)
+    _log(f"run {sweep}/{run} job {job_id} restart {restart} on {attempt['host']}: {cfg.run.entry}")
+
+    # Before the entry imports jax: a requeued attempt (and every other seed of the sweep) loads its XLA programs
+    # from this cache instead of recompiling them, so it reaches its first step, and can answer a signal, sooner.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(run_dir).parent / ".jax-cache"))
+    ctx = RunContext(scratch_dir=paths.scratch, durable_url=paths.durable, log_dir=str(paths.logs),
+                     writer_token=f"{job_id}.{restart}.{uuid.uuid4().hex[:8]}", should_stop=flag)
+    try:
+        result = resolve_entry(cfg.run.entry)(agent_run_config(cfg), ctx)
+    except BaseException as e:
+        state.update(state="failed", error=f"{type(e).__name__}: {e}", updated=time.time())
+        attempt.update(end=time.time(), outcome="failed", traceback=traceback.format_exc()[-2000:])
+        write_json_atomic(paths.state, state)
+        raise
+    assert result in ("done", "stopped"), f"{cfg.run.entry} returned {result!r}, expected 'done' or 'stopped'"
+    attempt.update(end=time.time(), outcome=result, signal=flag.signal)
+    if result == "done":
+        state.update(state="done", updated=time.time())
+        write_json_atomic(paths.state, state)
+        _log(f"run {run} done")
+        return "done"
+    return _after_stop(cfg, paths, state, attempt, flag, kind)
+
+
+def _after_stop(cfg: RootConfig, paths: RunPaths, state: dict, attempt: dict, flag: StopFlag, kind: str) -> str:
+    """Record why the attempt stopped; exit with a requeue status when it should run again."""
+    signal_time = flag.time or time.time()
+    if kind == "local":
+        why = "timeout" if flag.signal == "SIGUSR2" else "user_stop"
+        attempt["stop"] = why
+        state.update(state="requeued" if why == "timeout" else "stopped", updated=time.time())
+        write_json_atomic(paths.state, state)
+        _log(f"stopped ({why}, {flag.signal}); committed")
+        if why == "timeout":
+            sys.exit(LOCAL_REQUEUE_EXIT)
+        return "stopped"
+    facts = slurm.gather_facts(os.environ, os.environ.get("R2I_FACTS_FILE"))
+    why = slurm.classify_stop(flag.signal, signal_time, facts, cfg.cluster.signal_grace_s)
+    attempt.update(stop=why, facts={"state": facts.state, "preempt_time": facts.preempt_time,
+                                    "end_time": facts.end_time, "signal_time": signal_time})
+    if why == "cancelled":
+        state.update(state="cancelled", updated=time.time())
+        write_json_atomic(paths.state, state)
+        _log("cancelled; committed, not requeueing")
+        return "stopped"
+    if facts.restart_count >= cfg.cluster.max_requeues:
+        state.update(state="requeue_limit", updated=time.time())
+        write_json_atomic(paths.state, state)
+        _log(f"stopped ({why}) after {facts.restart_count} requeues = cluster.max_requeues; not requeueing")
+        return "stopped"
+    state.update(state="requeued", updated=time.time())
+    write_json_atomic(paths.state, state)
+    _log(f"stopped ({why}, {flag.signal}); committed; asking the host to requeue (exit {slurm.REQUEUE_EXIT})")
+    sys.exit(slurm.REQUEUE_EXIT)

@@ -1,0 +1,156 @@
+"""A small real workload that drives the job lifecycle end to end (`run.entry=` WORKLOAD below).
+
+An epsilon-greedy learner on a 2-armed Gaussian bandit: every env step draws from a committed numpy generator,
+updates the learner, appends the step to the real replay buffer, and writes a metrics row every
+`train.log_every` steps. It polls `should_stop` at every step boundary and commits (replay + learner blob +
+progress extra) every `train.commit_every_min` minutes, on a stop and at the end; an interrupted, resumed
+run ends in exactly the state of an uninterrupted one. Pace: `R2I_TEST_STEP_S` s of sleep per step (0.02).
+
+Without the buffer package it commits an atomic `<durable>/progress.json` {commit, time, extra, learner}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from buffer import FieldSpec, Replay
+except ImportError:  # pragma: no cover - only before the buffer package exists
+    Replay = None
+
+WORKLOAD = "tests.orchestrator.orch_workload:train"  # jobs import it with the checkout on PYTHONPATH
+ARM_MEANS = (0.2, 0.8)
+EPISODE = 10  # steps per bandit "episode"; its return is the sum of rewards
+EPSILON = 0.1
+
+
+def _fresh(seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {"q": [0.0, 0.0], "n": [0, 0], "steps": 0, "episodes": 0, "ep_return": 0.0, "last_return": None,
+            "rng": rng.bit_generator.state}
+
+
+def _step(s: dict[str, Any], rng: np.random.Generator) -> tuple[int, float]:
+    explore = rng.random() < EPSILON
+    arm = int(rng.integers(2)) if explore else int(np.argmax(s["q"]))
+    reward = float(rng.normal(ARM_MEANS[arm], 1.0))
+    s["n"][arm] += 1
+    s["q"][arm] += (reward - s["q"][arm]) / s["n"][arm]
+    s["steps"] += 1
+    s["ep_return"] += reward
+    if s["steps"] % EPISODE == 0:
+        s["episodes"] += 1
+        s["last_return"], s["ep_return"] = s["ep_return"], 0.0
+    return arm, reward
+
+
+class _JsonStore:
+    """Fallback durable store: one atomically replaced progress.json."""
+
+    def __init__(self, durable: str) -> None:
+        self.path = Path(durable.removeprefix("file://")) / "progress.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.commit_id = 0
+
+    def restore(self) -> tuple[dict, dict] | None:
+        if not self.path.exists():
+            return None
+        m = json.loads(self.path.read_text())
+        self.commit_id = m["commit"]
+        return m["extra"], m["learner"]
+
+    def add(self, arm: int, reward: float) -> None:
+        pass
+
+    def commit(self, extra: dict, learner: dict) -> None:
+        self.commit_id += 1
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"commit": self.commit_id, "time": time.time(), "extra": extra,
+                                   "learner": learner}))
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        pass
+
+
+class _ReplayStore:
+    """The real two-tier replay: steps go in, learner state rides along as a blob of the same commit."""
+
+    def __init__(self, cfg: Any, ctx: Any) -> None:
+        schema = {"action": FieldSpec((), "int32"), "reward": FieldSpec((), "float32")}
+        self.replay = Replay(schema, 1, ctx.scratch_dir, ctx.durable_url, cfg.replay, batch=1, length=4,
+                             seed=cfg.seed, writer_token=ctx.writer_token)
+
+    def restore(self) -> tuple[dict, dict] | None:
+        r = self.replay.restore()
+        return None if r is None else (r.extra, json.loads(r.blobs["learner"]))
+
+    def add(self, arm: int, reward: float) -> None:
+        self.replay.add({"action": np.array([arm], np.int32), "reward": np.array([reward], np.float32)})
+
+    def commit(self, extra: dict, learner: dict) -> None:
+        self.replay.commit(extra, {"learner": json.dumps(learner).encode()})
+
+    def close(self) -> None:
+        self.replay.close()
+
+
+def train(cfg: Any, ctx: Any) -> str:
+    """Run the bandit learner to `cfg.train.steps` env steps; "done", or "stopped" after a commit."""
+    step_s = float(os.environ.get("R2I_TEST_STEP_S", "0.02"))
+    store = _ReplayStore(cfg, ctx) if Replay is not None else _JsonStore(ctx.durable_url)
+    restored = store.restore()
+    s = restored[1] if restored else _fresh(cfg.seed)
+    wandb_id = restored[0].get("wandb_run_id") if restored else f"bandit-{cfg.seed}-{os.getpid()}"
+    rng = np.random.default_rng()
+    rng.bit_generator.state = s["rng"]
+    target = cfg.train.steps
+    t0, steps0, last_commit = time.time(), s["steps"], time.time()
+    metrics = open(Path(ctx.log_dir) / "metrics.jsonl", "a")
+
+    def commit() -> None:
+        s["rng"] = rng.bit_generator.state
+        rate = (s["steps"] - steps0) / max(time.time() - t0, 1e-9)
+        progress = {"env_steps": s["steps"], "target_steps": target, "updates": s["steps"],
+                    "episodes": s["episodes"], "last_return": s["last_return"],
+                    "wall_time_s": time.time() - t0, "steps_per_s": rate}
+        store.commit({"progress": progress, "wandb_run_id": wandb_id, "device": {"kind": "cpu"}}, s)
+
+    try:
+        while s["steps"] < target:
+            if ctx.should_stop():
+                commit()
+                return "stopped"
+            arm, reward = _step(s, rng)
+            store.add(arm, reward)
+            if s["steps"] % cfg.train.log_every == 0:
+                metrics.write(json.dumps({"env_steps": s["steps"], "episode/return": s["last_return"],
+                                          "time": time.time()}) + "\n")
+                metrics.flush()
+            if time.time() - last_commit >= cfg.train.commit_every_min * 60:
+                commit()
+                last_commit = time.time()
+            time.sleep(step_s)
+        commit()
+        (Path(ctx.log_dir) / "final_learner.json").write_text(json.dumps(s))  # what the tests compare
+        return "done"
+    finally:
+        metrics.close()
+        store.close()
+
+
+def final_learner(cfg_seed: int, steps: int) -> dict[str, Any]:
+    """The learner state after `steps` uninterrupted steps (what any resumed run must end with)."""
+    s = _fresh(cfg_seed)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = s["rng"]
+    for _ in range(steps):
+        _step(s, rng)
+    s["rng"] = rng.bit_generator.state
+    return s

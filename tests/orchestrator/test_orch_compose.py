@@ -1,0 +1,79 @@
+"""Config composition from experiments/ with hydra, sweeps, and validation errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.compose import ComposeError, available, compose_runs, expand_sweeps
+from orchestrator.config import EXPERIMENTS_DIR, ClusterConfig, ConfigError, validate
+
+PAPER_POPGYM = [f"popgym_{t}{lvl}" for t in ("RepeatPrevious", "Autoencode", "Concentration")
+                for lvl in ("Easy", "Medium", "Hard")]
+
+
+def test_every_shipped_experiment_composes_and_validates():
+    exps = available(EXPERIMENTS_DIR / "exp")
+    mmaze = {"mmaze9x9", "mmaze11x11", "mmaze13x13", "mmaze15x15"}
+    assert {"smoke", "tmaze", *PAPER_POPGYM, *mmaze} <= set(exps)
+    for exp in exps:
+        (run,) = compose_runs(exp, None, [], "local")
+        cfg = run.cfg
+        assert cfg.run.exp == exp and cfg.cluster.kind == "local"
+        if exp.startswith("popgym_"):
+            assert cfg.env.kind == "popgym" and cfg.env.id == f"popgym-{exp[len('popgym_'):]}-v0"
+        if exp.startswith("mmaze"):
+            assert cfg.env.kind == "mmaze" and cfg.env.id == exp[len("mmaze"):]
+    tmaze = compose_runs("tmaze", None, [], "local")[0].cfg.env
+    assert tmaze.kind == "tmaze" and tmaze.id == "passive" and tmaze.memory_length >= 20
+
+
+def test_seeds_times_sweep_values_give_one_run_each():
+    runs = compose_runs("smoke", [0, 1], "agent.model_opt.lr=1e-4,3e-4 train.steps=77", "dev")
+    assert [r.name for r in runs] == ["lr-0.0001_s0", "lr-0.0001_s1", "lr-0.0003_s0", "lr-0.0003_s1"]
+    assert [(r.cfg.agent.model_opt.lr, r.cfg.seed) for r in runs] == [
+        (1e-4, 0), (1e-4, 1), (3e-4, 0), (3e-4, 1)]
+    assert {r.cfg.train.steps for r in runs} == {77}
+    assert {r.cfg.cluster.partition for r in runs} == {"low"}  # the dev profile
+
+
+def test_hydra_sweep_grammar_is_expanded():
+    assert expand_sweeps(["a=1,2", "b=range(0,2)", "c=x"]) == [
+        ["a=1", "b=0", "c=x"], ["a=1", "b=1", "c=x"], ["a=2", "b=0", "c=x"], ["a=2", "b=1", "c=x"]]
+
+
+def test_unknown_experiment_lists_the_available_ones():
+    with pytest.raises(ComposeError, match=r"unknown experiment 'nope'; available: .*mmaze9x9.*smoke"):
+        compose_runs("nope", [0], [], "local")
+
+
+def test_unknown_profile_lists_the_available_ones():
+    with pytest.raises(ComposeError, match=r"unknown cluster profile 'mars'; available: dev, local, templ"):
+        compose_runs("smoke", [0], [], "mars")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("agent.nope=1", r"Could not override 'agent.nope'"),
+    ("+agent.nope=1", r"Key 'nope' not in 'AgentConfig'"),
+    ("+nope=1", r"Key 'nope' not in 'RootConfig'"),
+    ("agent.deter=abc", r"agent.deter=abc \(Value 'abc' of type 'str' could not be converted to Integer\)"),
+    ("agent.deter=[1,2", r"bad override: no viable alternative at input"),
+    ("env=nope", r"Could not find 'env/nope'"),
+    ("cluster.time_min=0", r"time_min=0"),
+    ("env.kind=zz", r"env.kind='zz' is unknown"),
+    ("cluster.kind=pbs", r"cluster.kind='pbs' must be 'local' or 'slurm'"),
+])
+def test_bad_overrides_fail_with_hydra_or_schema_message(override, message):
+    with pytest.raises(ComposeError, match=message):
+        compose_runs("smoke", [0], override, "dev")
+
+
+def test_profiles_are_checked_against_the_schema(tmp_path):
+    (tmp_path / "bad.yaml").write_text("kind: slurm\npartitionn: low\n")
+    with pytest.raises(ComposeError, match="partitionn"):
+        compose_runs("smoke", [0], [], "bad", profiles_dir=tmp_path)
+
+
+def test_validate_rejects_signal_grace_beyond_the_time_limit():
+    with pytest.raises(ConfigError, match=r"signal_grace_s=700 must be in \(0, time_min\*60=600\)"):
+        validate({"cluster": {"time_min": 10, "signal_grace_s": 700}})
+    assert ClusterConfig().kind == "local"

@@ -1,0 +1,148 @@
+"""The job lifecycle in-process: signals set a flag, the workload commits, the exit status asks for a requeue,
+and a rerun resumes from the durable store to exactly the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from orchestrator.compose import compose_runs
+from orchestrator.job import LOCAL_REQUEUE_EXIT, StopFlag, run_job
+from orchestrator.slurm import REQUEUE_EXIT
+from orchestrator.status import latest_commit
+from orchestrator.sweep import Request, create_sweep, read_json
+from tests.orchestrator.orch_workload import WORKLOAD, final_learner
+
+SCONTROL = ('echo "JobId=42 JobState={state} Reason=None Restarts=0 EndTime=2099-01-01T00:00:00 '
+            'PreemptTime={preempt} Partition=low"')
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def make_run(root, steps: int, args: str = "") -> str:
+    runs = compose_runs("smoke", [3], f"train.steps={steps} train.log_every=50 run.entry={WORKLOAD} {args}",
+                        "local")
+    sweep = create_sweep(root, "job", Request("smoke", [3], [], "local"), runs)
+    return str(sweep.dir / runs[0].name)
+
+
+@pytest.fixture
+def signal_after_first_log():
+    """`arm(run_dir, sig)`: once the workload has logged its first metrics row, send `sig` to this process, or,
+    under a (simulated) step wrapper, write the stop request file as the wrapper does on that signal."""
+    done = threading.Event()
+
+    def arm(run_dir: str, sig: int) -> None:
+        metrics = os.path.join(run_dir, "logs", "metrics.jsonl")
+        request = os.environ.get("R2I_FACTS_FILE")
+
+        def watch() -> None:
+            while not done.is_set():
+                if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+                    if request:
+                        with open(request + ".tmp", "w") as f:
+                            f.write(f"Signal={signal.Signals(sig).name} SignalTime={int(time.time())}\n")
+                        os.replace(request + ".tmp", request)
+                    else:
+                        os.kill(os.getpid(), sig)
+                    return
+                time.sleep(0.01)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    yield arm
+    done.set()
+
+
+def test_stop_commits_and_rerun_resumes_to_the_uninterrupted_result(root, monkeypatch,
+                                                                    signal_after_first_log):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.004")
+    for var in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    run_dir = make_run(root, 400)
+    signal_after_first_log(run_dir, signal.SIGUSR2)  # the local controller's timeout signal
+    with pytest.raises(SystemExit) as exit_:
+        run_job(run_dir)
+    assert exit_.value.code == LOCAL_REQUEUE_EXIT
+    state = read_json(root / "job" / "s3" / "state.json")
+    assert state["state"] == "requeued" and state["attempts"][0]["stop"] == "timeout"
+    progress = latest_commit(f"{run_dir}/durable")["extra"]["progress"]
+    assert 0 < progress["env_steps"] < 400, progress
+    assert run_job(run_dir) == "done"
+    got = json.loads((root / "job" / "s3" / "logs" / "final_learner.json").read_text())
+    assert got == json.loads(json.dumps(final_learner(3, 400)))
+    assert run_job(run_dir) == "done"  # a done run is not run again
+    assert len(read_json(root / "job" / "s3" / "state.json")["attempts"]) == 2
+
+
+def test_slurm_preemption_asks_the_host_to_requeue(root, monkeypatch, fake_bin, signal_after_first_log):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.004")
+    monkeypatch.setenv("R2I_FACTS_FILE", str(root.parent / "facts-42-0.txt"))  # as under step.sh
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    fake_bin("scontrol", SCONTROL.format(state="RUNNING", preempt="2026-11-21T20:00:40"))
+    run_dir = make_run(root, 100000)
+    signal_after_first_log(run_dir, signal.SIGUSR2)
+    with pytest.raises(SystemExit) as exit_:
+        run_job(run_dir)
+    assert exit_.value.code == REQUEUE_EXIT
+    state = read_json(root / "job" / "s3" / "state.json")
+    assert state["state"] == "requeued" and state["attempts"][-1]["stop"] == "preempted"
+    # under the wrapper the job ignores the signals (its env workers inherit that) and watches the file
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN == signal.getsignal(signal.SIGTERM)
+
+
+def test_slurm_requeue_cap_gives_a_clear_final_state(root, monkeypatch, fake_bin, signal_after_first_log):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.004")
+    monkeypatch.setenv("R2I_FACTS_FILE", str(root.parent / "facts-42-3.txt"))
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    fake_bin("scontrol", SCONTROL.format(state="RUNNING", preempt="None"))
+    run_dir = make_run(root, 100000, "cluster.max_requeues=3")
+    signal_after_first_log(run_dir, signal.SIGUSR2)
+    assert run_job(run_dir) == "stopped"
+    state = read_json(root / "job" / "s3" / "state.json")
+    assert state["state"] == "requeue_limit" and state["attempts"][-1]["stop"] == "interrupted"
+
+
+def test_scancel_stops_with_a_commit_and_no_requeue(root, monkeypatch, fake_bin, signal_after_first_log):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.004")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    fake_bin("scontrol", SCONTROL.format(state="CANCELLED", preempt="None"))
+    run_dir = make_run(root, 100000)
+    signal_after_first_log(run_dir, signal.SIGTERM)
+    assert run_job(run_dir) == "stopped"
+    assert read_json(root / "job" / "s3" / "state.json")["state"] == "cancelled"
+    assert latest_commit(f"{run_dir}/durable")["extra"]["progress"]["env_steps"] > 0
+
+
+def test_resume_on_other_hardware_warns(root, monkeypatch):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run_dir = make_run(root, 20)
+    other = {"machine": "x86_64", "cpu": "Some Other CPU", "cpus": 64, "gpus": "0"}
+    (root / "job" / "s3" / "state.json").write_text(json.dumps(
+        {"state": "requeued", "warnings": [], "attempts": [{"job_id": "1", "restart": 0, "device": other}]}))
+    assert run_job(run_dir) == "done"
+    (warning,) = read_json(root / "job" / "s3" / "state.json")["warnings"]
+    assert "different hardware" in warning and "Some Other CPU" in warning
+
+
+def test_stop_flag_falls_back_to_slurms_end_time():
+    assert StopFlag(end_time=time.time() + 10, grace_s=30)()
+    assert not StopFlag(end_time=time.time() + 100, grace_s=30)()
+    flag = StopFlag()
+    flag.handler(signal.SIGUSR2)
+    flag.handler(signal.SIGTERM)  # the first signal is the one that counts
+    assert flag() and flag.signal == "SIGUSR2"

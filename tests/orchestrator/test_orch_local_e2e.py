@@ -1,0 +1,85 @@
+"""The local executor end to end through the CLI: submit in the foreground, Ctrl-C -> commit, the same command
+again resumes to the uninterrupted result; bad input submits nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import REPO_ROOT
+from orchestrator.status import latest_commit
+from tests.orchestrator.orch_workload import WORKLOAD, final_learner
+
+CLI = [sys.executable, "-m", "orchestrator"]
+
+
+def submit_cmd(root, steps: int) -> list[str]:
+    return CLI + ["submit", "--exp", "smoke", "--seeds", "5", "--sweep", "e2e", "--cluster", "local",
+                  "--args",
+                  f"train.steps={steps} train.log_every=25 run.entry={WORKLOAD} run.root={root}"]
+
+
+def test_foreground_ctrl_c_commits_and_the_same_command_resumes(root, monkeypatch):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.01")
+    run = root / "e2e" / "s5"
+    # own session, so the Ctrl-C below reaches the CLI and its jobs the way a terminal's would
+    cli = subprocess.Popen(submit_cmd(root, 600), cwd=REPO_ROOT, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "logs" / "metrics.jsonl").exists() and cli.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(cli.pid, signal.SIGINT)
+    out, _ = cli.communicate(timeout=120)
+    assert cli.returncode == 0, out
+    assert "stopping at the next step boundary" in out and "to resume" in out, out
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "stopped" and state["attempts"][0]["stop"] == "user_stop", state
+    steps = latest_commit(str(run / "durable"))["extra"]["progress"]["env_steps"]
+    assert 0 < steps < 600
+
+    again = subprocess.run(submit_cmd(root, 600), cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout
+    assert json.loads((run / "state.json").read_text())["state"] == "done"
+    learner = json.loads((run / "logs" / "final_learner.json").read_text())
+    assert learner == json.loads(json.dumps(final_learner(5, 600)))
+    status = subprocess.run(CLI + ["--root", str(root), "status", "--sweep", "e2e", "--json"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    row = json.loads(status.stdout)["runs"][0]
+    assert (row["state"], row["env_steps"], row["percent"]) == ("DONE", 600, 100.0)
+    assert (root / "e2e" / "status.html").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--exp", "nope"], "unknown experiment 'nope'; available:"),
+    (["--exp", "smoke", "--args", "agent.nope=1"], "Could not override 'agent.nope'"),
+    (["--exp", "smoke", "--args", "cluster.container.image=/no/such.sif"],
+     "cluster.container.image='/no/such.sif' does not exist"),
+    (["--exp", "smoke", "--args", "cluster.durable=nosuchproto://bucket/x"],
+     "durable URL 'nosuchproto://bucket/x' is unreachable"),
+    (["--exp", "smoke", "--args", "run.entry=no_such_module:train"],
+     "run.entry='no_such_module:train': module 'no_such_module' is not importable here"),
+    (["--exp", "smoke", "--cluster", "slurm", "--args", "cluster.partition=gpu"],
+     "cluster.partition='gpu' is unknown to Slurm; partitions: high, low"),
+])
+def test_bad_input_is_reported_and_submits_nothing(root, fake_bin, capsys, args, message):
+    fake_bin("sinfo", 'printf "low*\\nhigh\\n"')
+    fake_bin("sbatch", 'echo "sbatch must not be called" >&2; exit 1')
+    assert main(["submit", "--cluster", "local", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_an_existing_sweep_with_another_request_is_refused(root, capsys, monkeypatch):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0")
+    base = ["submit", "--exp", "smoke", "--sweep", "same", "--cluster", "local", "--detach", "--args"]
+    assert main(base + [f"train.steps=5 run.entry={WORKLOAD}"]) == 0
+    assert main(base + [f"train.steps=6 run.entry={WORKLOAD}"]) == 2
+    assert "sweep 'same' exists with a different request" in capsys.readouterr().err
