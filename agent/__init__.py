@@ -1,0 +1,1 @@
+"""r2i-hpc agent package."""
