@@ -18,6 +18,9 @@ PROFILE ?=
 DETACH ?= 0
 JSON ?= 0
 PYTEST_ARGS ?=
+# docker/image.env: IMAGE_NAME, BASE_IMAGE, DEBIAN_SUITE, ARCHIVE_DIR (shared with docker/ and singularity/r2i.def)
+include docker/image.env
+IMAGE_VARIANT ?= cpu
 
 .PHONY: help setup lock test test-slurm test-all cluster-up cluster-down submit status cancel resume \
         bench bench-buffer bench-agent chaos lint docker sif test-container clean
@@ -81,16 +84,17 @@ chaos: setup cluster-up ## fault-injection suite against the dev cluster (not im
 	@echo "make chaos: not implemented yet (issue 'chaos')"; exit 2
 
 lint: setup ## ruff over the packages, tests and benchmarks
-	$(VENV)/bin/ruff check orchestrator agent buffer tests bench
+	$(VENV)/bin/ruff check orchestrator agent buffer tests bench singularity/podman-shim
 
-docker: ## build the project image (podman here, docker where an engine runs) (not implemented yet)
-	@echo "make docker: not implemented yet (issue 'containers')"; exit 2
+docker: ## build the image (IMAGE_VARIANT=cpu|gpu; docker if an engine runs, else podman) -> build/r2i-hpc-<variant>.tar
+	bash docker/build.sh --variant $(IMAGE_VARIANT)
 
-sif: ## build the Singularity image from the docker image (not implemented yet)
-	@echo "make sif: not implemented yet (issue 'containers')"; exit 2
+sif: ## build/r2i-hpc-<variant>.sif from that archive with apptainer/singularity (clear error where absent)
+	bash singularity/build-sif.sh --variant $(IMAGE_VARIANT)
 
-test-container: ## build the image and run the container tests (not implemented yet)
-	@echo "make test-container: not implemented yet (issue 'containers')"; exit 2
+test-container: setup ## build the CPU image with podman, run the container tests in it (+1 dev-cluster job)
+	bash docker/build-podman.sh --variant cpu
+	R2I_TEST_IMAGE=$(IMAGE_NAME):cpu $(PY) -m pytest -m container tests/containers $(PYTEST_ARGS)
 
 clean: ## remove caches and bench scratch (keeps .venv, runs and the dev cluster state)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
