@@ -20,6 +20,8 @@ from agent.run_config import AgentRunConfig, TrainConfig, WandbConfig
 from buffer import ReplayConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# `${repo:}` in a profile or experiment: this checkout, so paths to its build outputs never depend on the cwd.
+OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)
 # overridable so a project can keep its experiments and profiles outside the checkout
 EXPERIMENTS_DIR = Path(os.environ.get("R2I_EXPERIMENTS_DIR") or REPO_ROOT / "experiments")
 PROFILES_DIR = Path(os.environ.get("R2I_PROFILES_DIR") or REPO_ROOT / "slurm" / "profiles")
