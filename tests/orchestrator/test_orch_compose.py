@@ -47,7 +47,7 @@ def test_unknown_experiment_lists_the_available_ones():
 
 
 def test_unknown_profile_lists_the_available_ones():
-    with pytest.raises(ComposeError, match=r"unknown cluster profile 'mars'; available: dev, local, templ"):
+    with pytest.raises(ComposeError, match=r"unknown cluster profile 'mars'; available: dev, dev-container, local, templ"):
         compose_runs("smoke", [0], [], "mars")
 
 
