@@ -1,0 +1,377 @@
+"""Replay buffer benchmark (`make bench-buffer`): add, sample, commit and restore, with same-run baselines.
+
+Run as `python -m bench.bench_buffer [--quick]` or `python bench/bench_buffer.py`;
+writes bench/results/buffer.json.
+Frames are synthetic 64x64x3 uint8 with about the compressibility of real Memory Maze frames under zstd-1
+(textured walls and floor, moving objects, sensor noise): neither all zeros nor pure noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python bench/bench_buffer.py`: make the project importable as installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from buffer import FieldSpec, Replay, ReplayConfig  # noqa: E402
+from buffer.codec import ShardCodec  # noqa: E402
+from buffer.sampling import plan_batch  # noqa: E402
+
+SCHEMA = {
+    "image": FieldSpec((64, 64, 3), "uint8"),
+    "reward": FieldSpec((), "float32"),
+    "action": FieldSpec((), "int32"),
+    "is_first": FieldSpec((), "bool"),
+    "is_last": FieldSpec((), "bool"),
+    "is_terminal": FieldSpec((), "bool"),
+}
+STEP_BYTES = sum(s.step_bytes for s in SCHEMA.values())
+
+
+def make_frames(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 64, 64, 3) uint8: a flat-shaded textured room seen by a moving camera, objects, and sensor-like
+    noise on 15% of pixels; zstd-1 compresses it about as well as real Memory Maze frames (~3.4x)."""
+    rng = np.random.default_rng(seed)
+    tex = rng.integers(0, 256, (256, 256, 3)).astype(np.float32)
+    for _ in range(3):  # blur into blotchy wall texture
+        tex = (tex + np.roll(tex, 1, 0) + np.roll(tex, 1, 1) + np.roll(tex, -1, 0) + np.roll(tex, -1, 1)) / 5
+    tex = (np.clip((tex - tex.mean()) * 6 + 128, 0, 255).astype(np.uint8) // 16) * 16
+    frames = np.empty((n, 64, 64, 3), np.uint8)
+    x = y = 0.0
+    for t in range(n):
+        x, y = (x + 1.3 * np.sin(t / 37)) % 192, (y + 0.9 * np.cos(t / 23)) % 192
+        f = tex[int(y):int(y) + 64, int(x):int(x) + 64].copy()
+        f[40:, :] = (f[40:, :] // 2 + 60)  # floor
+        for j in range(3):
+            cx, cy = int(32 + 20 * np.sin(t / 11 + j * 2)), int(30 + 15 * np.cos(t / 17 + j))
+            f[max(cy - 4, 0):cy + 4, max(cx - 4, 0):cx + 4] = (200, 60 * j, 255 - 80 * j)
+        mask = rng.random((64, 64, 1)) < 0.15
+        f = np.where(mask, f ^ rng.integers(0, 4, (64, 64, 3), dtype=np.uint8), f)
+        frames[t] = f
+    return frames
+
+
+class StepSource:
+    """Steps for W streams from a frame pool (streams offset in the pool), with 500-step episodes."""
+
+    def __init__(self, num_streams: int, pool: np.ndarray):
+        self.w, self.pool, self.i = num_streams, pool, 0
+        self.offsets = (np.arange(num_streams) * 997) % len(pool)
+
+    def next(self) -> dict[str, np.ndarray]:
+        i, w = self.i, self.w
+        self.i += 1
+        pos = (i + np.arange(w) * 37) % 500
+        return {"image": self.pool[(self.offsets + i) % len(self.pool)],
+                "reward": np.full(w, i % 7, np.float32), "action": np.full(w, i % 5, np.int32),
+                "is_first": pos == 0, "is_last": pos == 499, "is_terminal": np.zeros(w, bool)}
+
+
+def dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def fill(r: Replay, src: StepSource, steps_per_stream: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps_per_stream):
+        r.add(src.next())
+    return time.perf_counter() - t0
+
+
+def fill_cpu(r: Replay, src: StepSource, steps_per_stream: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds of the adds alone; 256 distinct steps are made beforehand and cycled."""
+    steps = [src.next() for _ in range(256)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(steps_per_stream):
+        r.add(steps[i % 256])
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_add(work: Path, pool: np.ndarray, steps: int) -> dict:
+    out = {}
+    for w, threads in [(1, 1), (16, 1), (16, 2)]:
+        d = work / f"add-{w}-{threads}"
+        d.mkdir(parents=True)
+        cfg = ReplayConfig(capacity=10**8, threads=threads)
+        with Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b") as r:
+            dt, cpu = fill_cpu(r, StepSource(w, pool), steps // w)
+            n = (steps // w) * w
+            out[f"W{w}_threads{threads}"] = {"steps": n, "seconds": dt, "steps_per_s": n / dt,
+                                             "cpu_s": cpu, "steps_per_cpu_s": n / cpu}
+        shutil.rmtree(d)
+    return out
+
+
+def memmap_baseline(path: Path, pool: np.ndarray, w: int, t: int) -> None:
+    """The reference design's layout: one uncompressed (W, T, 64, 64, 3) file holding the same frames."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(w, t, 64, 64, 3))
+    src = StepSource(w, pool)
+    for i in range(t):
+        mm[:, i] = src.next()["image"]
+    mm.flush()
+    del mm
+
+
+def drop_cache(root: Path) -> None:
+    """Evict our own files from the page cache (fsync, POSIX_FADV_DONTNEED): cold reads without root."""
+    for f in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def memmap_read(mm: np.ndarray, plan: tuple[np.ndarray, np.ndarray], length: int) -> np.ndarray:
+    return np.stack([mm[a, s:s + length] for a, s in zip(*plan, strict=True)])
+
+
+def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: int,
+                 shapes: list[tuple[int, int]], compute_ms: float) -> dict:
+    """sample() against a memmap read of the very same sequences, in three regimes:
+    warm (page cache) back to back; cold (our files evicted before each batch); and learner-like, where a
+    simulated train step of `compute_ms` separates samples and we time the sample() call only."""
+    w, d = 16, work / f"sample-inner{inner}"
+    t = steps // w
+    d.mkdir(parents=True)
+    cfg0 = ReplayConfig(capacity=10**8, fsync=False, inner=inner)
+    base = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg0, batch=1, length=1, writer_token="b")
+    fill(base, StepSource(w, pool), t)
+    base.commit({})
+    base.close()
+    memmap_baseline(d / "mm.npy", pool, w, t)
+    out = {"buffer_steps": t * w, "inner": inner, "scratch_bytes": dir_bytes(d / "s"),
+           "memmap_bytes": (d / "mm.npy").stat().st_size}
+    out["storage_ratio"] = out["memmap_bytes"] / out["scratch_bytes"]
+    mm = np.load(d / "mm.npy", mmap_mode="r")
+
+    def open_replay(batch: int, length: int, prefetch: int) -> Replay:
+        cfg = ReplayConfig(capacity=10**8, prefetch=prefetch, threads=2, cache_mb=1024, lazy=True,
+                           inner=inner)
+        rr = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=batch, length=length,
+                    writer_token=f"s{prefetch}")
+        rr.restore()
+        rr._lazy_thread.join()  # restore work is measured elsewhere
+        return rr
+
+    for batch, length in shapes:
+        res: dict = {}
+        plans = None
+        for prefetch in (0, 2):
+            rr = open_replay(batch, length, prefetch)
+            rr.sample()  # warm-up
+            draws0 = rr.info["draws"]
+            t0, c0 = time.perf_counter(), time.process_time()
+            batches = [rr.sample() for _ in range(rounds)]
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            nbytes = sum(sum(v.nbytes for v in b.values()) for b in batches)
+            res[f"warm_prefetch{prefetch}"] = {"GBps": nbytes / dt / 1e9, "ms_per_batch": dt / rounds * 1e3,
+                                               "cpu_ms_per_batch": cpu / rounds * 1e3}
+            plans = [plan_batch(rr.info["seed"], draws0 + n, batch, length, w, rr.info["t"], rr.info["lo"])
+                     for n in range(rounds)]
+            rr.close()
+            for n, plan in enumerate(plans):  # the memmap baseline reads exactly the sampled sequences
+                assert np.array_equal(batches[n]["image"], memmap_read(mm, plan, length)), n
+        t0, c0 = time.perf_counter(), time.process_time()
+        mb = sum(memmap_read(mm, plan, length).nbytes for plan in plans)
+        dtm, cpu = time.perf_counter() - t0, time.process_time() - c0
+        res["warm_memmap"] = {"GBps": mb / dtm / 1e9, "ms_per_batch": dtm / rounds * 1e3,
+                              "cpu_ms_per_batch": cpu / rounds * 1e3}
+        for k in ("warm_prefetch0", "warm_prefetch2"):
+            res[k]["ratio_vs_memmap"] = res["warm_memmap"]["ms_per_batch"] / res[k]["ms_per_batch"]
+        # cold: no prefetch, no cache hits, our files evicted from the page cache before each batch
+        rr = open_replay(batch, length, 0)
+        cold, cold_mm = 0.0, 0.0
+        del mm  # a live mapping pins its pages: unmap before evicting, map afresh for each cold read
+        for plan in plans:
+            drop_cache(d / "s")
+            rr._cache = type(rr._cache)(0, rr._pool, rr._load_inner, 1)
+            rr._scratch.drop_caches()
+            t0 = time.perf_counter()
+            rr._gather(*plan, length)
+            cold += time.perf_counter() - t0
+            drop_cache(d / "mm.npy")
+            t0 = time.perf_counter()
+            mm = np.load(d / "mm.npy", mmap_mode="r")
+            memmap_read(mm, plan, length)
+            del mm
+            cold_mm += time.perf_counter() - t0
+        mm = np.load(d / "mm.npy", mmap_mode="r")
+        rr.close()
+        res["cold"] = {"ms_per_batch": cold / rounds * 1e3, "memmap_ms_per_batch": cold_mm / rounds * 1e3,
+                       "ratio_vs_memmap": cold_mm / cold}
+        # learner-like: prefetch decodes the next batches while the (simulated) train step runs
+        rr = open_replay(batch, length, 2)
+        rr.sample()
+        lat = []
+        for _ in range(rounds):
+            time.sleep(compute_ms / 1e3)
+            t0 = time.perf_counter()
+            rr.sample()
+            lat.append(time.perf_counter() - t0)
+        rr.close()
+        res["learner"] = {"compute_ms": compute_ms, "sample_call_ms": float(np.mean(lat)) * 1e3,
+                          "memmap_ms_per_batch": res["warm_memmap"]["ms_per_batch"],
+                          "ratio_vs_memmap": res["warm_memmap"]["ms_per_batch"] / (float(np.mean(lat)) * 1e3)}
+        out[f"B{batch}xT{length}"] = res
+    del mm
+    shutil.rmtree(d)
+    return out
+
+
+def raw_write(path: Path, chunks: list[bytes], fsync: bool) -> float:
+    t0 = time.perf_counter()
+    with open(path, "wb") as fh:
+        for c in chunks:
+            fh.write(c)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return time.perf_counter() - t0
+
+
+def bench_commit(work: Path, pool: np.ndarray, base_steps: int, new_steps: int, rounds: int) -> dict:
+    """Commits of `new_steps` new steps on top of `base_steps`, each followed by a raw sequential write (one
+    file, one fsync) of the same chunk bytes to the same durable folder; medians over `rounds` because the
+    disk is shared."""
+    w = 16
+    d = work / "commit"
+    d.mkdir(parents=True)
+    cfg = ReplayConfig(capacity=10**8, threads=2)
+    r = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b")
+    src = StepSource(w, pool)
+    fill(r, src, base_steps // w)
+    r.commit({})
+    out: dict = {"base_steps": base_steps, "new_steps": new_steps, "rounds": []}
+    for i in range(rounds):
+        k_before = r.info["k_hi"]
+        fill(r, src, new_steps // w)
+        t0 = time.perf_counter()
+        r.commit({"x": i})
+        dt = time.perf_counter() - t0
+        st = dict(r.stats)
+        new_files = [b"".join(r._scratch.read(f, s, k) for f in r.fields)
+                     for k in range(k_before, r.info["k_hi"]) for s in range(w)]
+        new_bytes = sum(map(len, new_files))
+        dt_raw = raw_write(d / "d" / "raw.bin", new_files, fsync=True)
+        os.unlink(d / "d" / "raw.bin")
+        out["rounds"].append({
+            "commit_s": dt, "raw_write_s": dt_raw, "ratio_vs_raw": dt_raw / dt,
+            "bytes_written": st["last_commit_bytes"], "new_chunk_bytes": new_bytes,
+            "new_raw_bytes": (new_steps // w) * w * STEP_BYTES, "pack_bytes": st["last_commit_pack_bytes"],
+            "manifest_bytes": st["last_commit_manifest_bytes"],
+            "written_over_new_compressed": st["last_commit_bytes"] / new_bytes})
+    for key in ("commit_s", "raw_write_s", "ratio_vs_raw", "written_over_new_compressed"):
+        out[f"median_{key}"] = float(np.median([x[key] for x in out["rounds"]]))
+    t0 = time.perf_counter()
+    r.commit({"x": "empty"})
+    out["empty_commit_s"] = time.perf_counter() - t0
+    r.close()
+    shutil.rmtree(d)
+    return out
+
+
+def bench_restore(work: Path, pool: np.ndarray, steps: int) -> dict:
+    w = 16
+    d = work / f"restore-{steps}"
+    d.mkdir(parents=True)
+    cfg = ReplayConfig(capacity=10**8, threads=2, fsync=False)
+    t_build = time.perf_counter()
+    r = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=4, length=1024, writer_token="b")
+    fill(r, StepSource(w, pool), steps // w)
+    r.commit({})
+    r.close()
+    out = {"steps": (steps // w) * w, "durable_bytes": dir_bytes(d / "d"),
+           "build_s": time.perf_counter() - t_build}
+    t0 = time.perf_counter()
+    shutil.copytree(d / "d", d / "copy")
+    out["copy_whole_store_s"] = time.perf_counter() - t0
+    shutil.rmtree(d / "copy")
+    modes = [("lazy_wiped", True, True), ("full_wiped", False, True), ("full_kept", False, False)]
+    for name, lazy, wipe in modes:
+        if wipe:
+            shutil.rmtree(d / "s", ignore_errors=True)
+        t0 = time.perf_counter()
+        rr = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), ReplayConfig(capacity=10**8, lazy=lazy, threads=2),
+                    batch=4, length=1024, writer_token=name)
+        rr.restore()
+        t1 = time.perf_counter()
+        rr.sample()
+        t2 = time.perf_counter()
+        out[name] = {"restore_s": t1 - t0, "first_sample_s": t2 - t0}
+        if lazy:
+            rr._lazy_thread.join()
+            out[name]["background_fetch_done_s"] = time.perf_counter() - t0
+        rr.close()
+    shutil.rmtree(d)
+    return out
+
+
+def machine() -> dict:
+    cpuinfo, meminfo = Path("/proc/cpuinfo").read_text(), Path("/proc/meminfo").read_text()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+               "?")
+    mem = next((int(ln.split()[1]) * 1024 for ln in meminfo.splitlines() if ln.startswith("MemTotal")), 0)
+    import numcodecs
+    import zarr
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "mem_bytes": mem, "python": platform.python_version(),
+            "numpy": np.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
+            "platform": platform.platform()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    ap.add_argument("--big", action="store_true", help="also restore at 1M steps (needs ~10 GB disk)")
+    ap.add_argument("--workdir", default=None, help="scratch and durable folders (default: a temp dir)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "buffer.json"))
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="r2i-bench-buffer-"))
+    work.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    pool = make_frames(2048)
+    codec = ShardCodec(1024, 64, 1)
+    ratio = pool[:1024].nbytes / (len(codec.encode(pool[:1024])) - codec.index_nbytes())
+    res: dict = {"quick": q, "machine": machine(), "frames_zstd1_ratio": ratio,
+                 "load_avg_at_start": os.getloadavg()}
+    du = shutil.disk_usage(work)
+    res["machine"]["disk"] = {"workdir": str(work), "total_bytes": du.total, "free_bytes": du.free}
+    t0 = time.perf_counter()
+    res["add"] = bench_add(work, pool, 8192 if q else 65536)
+    print("add", json.dumps(res["add"]), flush=True)
+    shapes = [(4, 1024), (16, 64)]
+    res["sample"] = bench_sample(work, pool, 16384 if q else 100_000, 5 if q else 20, 64, shapes, 100.0)
+    print("sample", json.dumps(res["sample"]), flush=True)
+    if not q:  # chunk layout lever: smaller inner chunks waste less decoding on short sequences
+        res["sample_inner16"] = bench_sample(work, pool, 100_000, 20, 16, [(16, 64)], 100.0)
+        print("sample_inner16", json.dumps(res["sample_inner16"]), flush=True)
+    res["commit"] = bench_commit(work, pool, 16384 if q else 200_000, 16384 if q else 65536, 3)
+    print("commit", json.dumps(res["commit"]), flush=True)
+    res["restore"] = {}
+    for steps in [16384] if q else ([100_000, 1_000_000] if args.big else [100_000]):
+        res["restore"][str(steps)] = bench_restore(work, pool, steps)
+        print("restore", steps, json.dumps(res["restore"][str(steps)]), flush=True)
+    res["wall_s"] = time.perf_counter() - t0
+    res["load_avg_at_end"] = os.getloadavg()
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json.tmp").write_text(json.dumps(res, indent=2))
+    os.replace(out.with_suffix(".json.tmp"), out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Two-tier replay buffer: zarr v3 shards on node-local scratch, incremental atomic commits to fsspec URLs."""
+
+from .config import FieldSpec, ReplayConfig, Schema
+from .errors import (
+                     CorruptChunkError,
+                     DurableStoreError,
+                     ReplayError,
+                     SchemaError,
+                     ScratchError,
+                     WriterFencedError,
+)
+from .replay import Replay, Restored, read_latest_manifest
+
+__all__ = [
+    "CorruptChunkError", "DurableStoreError", "FieldSpec", "Replay", "ReplayConfig", "ReplayError",
+    "Restored",
+    "Schema", "SchemaError", "ScratchError", "WriterFencedError", "read_latest_manifest",
+]

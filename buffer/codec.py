@@ -1,0 +1,127 @@
+"""Byte formats: zarr v3 `sharding_indexed` shards (one per field, stream and `chunk` steps) and tails.
+
+A shard holds `chunk // inner` inner chunks, each encoded as bytes -> zstd -> crc32c, followed by the index
+(offset, nbytes) uint64 little-endian per inner chunk plus its crc32c, exactly as zarr 3 writes them, so the
+scratch folder opens with `zarr.open_group` (tested). We encode ourselves to keep the bytes in hand for the
+durable copy and the manifest checksum, and to decode inner chunks straight into the sampled batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from google_crc32c import value as _crc32c
+from numcodecs import Zstd
+from xxhash import xxh3_64_intdigest
+
+from .config import FieldSpec
+from .errors import CorruptChunkError
+
+_EMPTY = np.uint64(2**64 - 1)
+# zarr needs a finite shape; time is addressed absolutely and never wraps, so the axis is "infinite".
+TIME_EXTENT = 1 << 40
+
+
+def crc32c(data: bytes | memoryview) -> int:
+    """crc32c of `data` as an unsigned int (the checksum zarr's `crc32c` codec appends)."""
+    return int(_crc32c(data))
+
+
+def checksum(data: bytes | memoryview) -> int:
+    """32-bit file checksum (xxh3, truncated) used in manifests. Not crc32c: a zarr shard ends with the
+    crc32c of its index, and the crc32c of any message followed by its own crc32c is one constant."""
+    return xxh3_64_intdigest(data) & 0xFFFFFFFF
+
+
+def zarr_array_meta(num_streams: int, spec: FieldSpec, chunk: int, inner: int, level: int) -> dict:
+    """zarr.json of one field array: shape (W, TIME_EXTENT, *spec.shape), sharded along time."""
+    trailing = list(spec.shape)
+    return {
+        "shape": [num_streams, TIME_EXTENT, *trailing],
+        "data_type": spec.dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, chunk, *trailing]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": False if spec.dtype == "bool" else 0,
+        "codecs": [{
+            "name": "sharding_indexed",
+            "configuration": {
+                "chunk_shape": [1, inner, *trailing],
+                "codecs": [
+                    {"name": "bytes", "configuration": {"endian": "little"}},
+                    {"name": "zstd", "configuration": {"level": level, "checksum": False}},
+                    {"name": "crc32c"},
+                ],
+                "index_codecs": [
+                    {"name": "bytes", "configuration": {"endian": "little"}},
+                    {"name": "crc32c"},
+                ],
+                "index_location": "end",
+            },
+        }],
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def shard_key(field: str, ndim: int, stream: int, k: int) -> str:
+    """Relative path of shard k of `stream` inside the scratch zarr group (zarr's default key encoding)."""
+    return "/".join([field, "c", str(stream), str(k), *(["0"] * ndim)])
+
+
+class ShardCodec:
+    """Encodes (chunk, *shape) arrays to shard bytes and decodes inner chunks back."""
+
+    def __init__(self, chunk: int, inner: int, level: int):
+        self.chunk, self.inner, self.n_inner = chunk, inner, chunk // inner
+        self._zstd = Zstd(level=level)
+
+    def encode(self, steps: np.ndarray) -> bytes:
+        """steps: (chunk, *shape), C-contiguous little-endian -> shard bytes."""
+        assert steps.shape[0] == self.chunk, (steps.shape, self.chunk)
+        parts, index, off = [], np.empty((self.n_inner, 2), "<u8"), 0
+        for j in range(self.n_inner):
+            enc = self._zstd.encode(_bytes_view(steps[j * self.inner:(j + 1) * self.inner]))
+            parts += [enc, crc32c(enc).to_bytes(4, "little")]
+            index[j] = (off, len(enc) + 4)
+            off += len(enc) + 4
+        ib = index.tobytes()
+        parts += [ib, crc32c(ib).to_bytes(4, "little")]
+        return b"".join(parts)
+
+    def index_nbytes(self) -> int:
+        return self.n_inner * 16 + 4
+
+    def parse_index(self, tail: bytes, where: str) -> np.ndarray:
+        """(n_inner, 2) uint64 (offset, nbytes) from the last index_nbytes() bytes of a shard."""
+        ib, c = tail[:-4], int.from_bytes(tail[-4:], "little")
+        if len(tail) != self.index_nbytes() or crc32c(ib) != c:
+            raise CorruptChunkError(f"shard index checksum mismatch in {where}")
+        index = np.frombuffer(ib, "<u8").reshape(self.n_inner, 2)
+        if (index == _EMPTY).any():
+            raise CorruptChunkError(f"shard {where} has empty inner chunks; only full shards are written")
+        return index
+
+    def decode_inner(self, enc: bytes | memoryview, out: np.ndarray, where: str) -> None:
+        """Decode one inner chunk (zstd bytes + crc32c) into `out` ((inner, *shape), contiguous)."""
+        body, c = enc[:-4], int.from_bytes(bytes(enc[-4:]), "little")
+        if crc32c(body) != c:
+            raise CorruptChunkError(f"inner chunk checksum mismatch in {where}")
+        self._zstd.decode(body, out=_out_view(out))
+
+    def encode_tail(self, steps: np.ndarray) -> bytes:
+        """A partial tail (n, *shape): one zstd frame, checksummed by the manifest."""
+        return self._zstd.encode(_bytes_view(steps))
+
+    def decode_tail(self, enc: bytes, out: np.ndarray) -> None:
+        self._zstd.decode(enc, out=_out_view(out))
+
+
+def _bytes_view(a: np.ndarray) -> np.ndarray:
+    """Flat uint8 view (bool arrays included, which numcodecs does not take as such); copies if strided."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def _out_view(a: np.ndarray) -> np.ndarray:
+    assert a.flags.c_contiguous, ("decode target must be C-contiguous", a.shape, a.strides)
+    return a.reshape(-1).view(np.uint8)

@@ -1,0 +1,73 @@
+"""Static configuration of the replay buffer: the step schema and `ReplayConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One step of one stream: `shape` excludes the stream and time axes; `dtype` is a numpy dtype name."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        dt = np.dtype(self.dtype)
+        if dt.kind not in "biuf" or dt.byteorder == ">":
+            raise ValueError(f"FieldSpec dtype {self.dtype!r}: only little-endian bool/int/uint/float "
+                             "are stored")
+        object.__setattr__(self, "dtype", dt.name)
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+    @property
+    def step_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+Schema = dict[str, FieldSpec]
+
+
+def schema_to_json(schema: Schema) -> dict:
+    return {k: schema[k].to_json() for k in sorted(schema)}
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay settings (the `replay` node of the config tree).
+
+    capacity: total steps kept over all streams (FIFO; each stream keeps capacity // num_streams).
+    chunk: steps per stream in one shard file (the unit written to durable storage, once).
+    inner: steps per compressed inner chunk inside a shard (the unit decoded when sampling).
+    keep: number of durable manifests kept; chunks no kept manifest references are deleted.
+    zstd_level: zstd level of every chunk and tail.
+    prefetch: batches planned and assembled ahead in a background thread (0 disables).
+    lazy: restore() returns before every chunk is on scratch; missing chunks are fetched on demand.
+    threads: worker threads for chunk encode/decode and durable transfers.
+    fsync: fsync durable files (local filesystems) before publishing the manifest.
+    cache_mb: decoded inner chunks kept in RAM (LRU), filled by sampling and by prefetch.
+    """
+
+    capacity: int
+    chunk: int = 1024
+    inner: int = 64
+    keep: int = 3
+    zstd_level: int = 1
+    prefetch: int = 2
+    lazy: bool = True
+    threads: int = 2
+    fsync: bool = True
+    cache_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if self.capacity <= 0 or self.chunk <= 0 or self.inner <= 0 or self.keep < 1 or self.threads < 1:
+            raise ValueError(f"ReplayConfig: capacity, chunk, inner, threads must be > 0, keep >= 1: {self}")
+        if self.chunk % self.inner:
+            raise ValueError(f"ReplayConfig: chunk={self.chunk} must be a multiple of inner={self.inner}")
+        if self.prefetch < 0:
+            raise ValueError(f"ReplayConfig: prefetch={self.prefetch} must be >= 0")

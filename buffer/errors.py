@@ -1,0 +1,29 @@
+"""Exception hierarchy for the replay buffer: everything the outside world can get wrong lands here."""
+
+
+class ReplayError(Exception):
+    """Base class of every replay-buffer error."""
+
+
+class WriterFencedError(ReplayError):
+    """A newer writer opened the durable store; this writer may no longer commit."""
+
+
+class CorruptChunkError(ReplayError):
+    """A durable or scratch object failed its checksum; the message names the object and the manifest."""
+
+    def __init__(self, message: str, *, key: str = "", manifest: str = ""):
+        super().__init__(message)
+        self.key, self.manifest = key, manifest
+
+
+class DurableStoreError(ReplayError):
+    """The durable URL is missing, unwritable or unreadable."""
+
+
+class ScratchError(ReplayError):
+    """The scratch tier could not be written (disk full, permissions); the durable tier is untouched."""
+
+
+class SchemaError(ReplayError, ValueError):
+    """A step or a stored manifest does not match the buffer's schema."""

@@ -1,0 +1,418 @@
+"""The two-tier replay buffer: adds and samples on scratch, commits of new data only to the durable tier."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from .codec import ShardCodec, checksum
+from .config import ReplayConfig, Schema
+from .durable import CHUNK_DIR, Durable, chunk_key
+from .errors import CorruptChunkError, DurableStoreError, ReplayError, SchemaError, ScratchError
+from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids, split_object
+from .persist import Persistence, _Snapshot
+from .sampling import InnerCache, plan_batch
+from .scratch import Scratch
+
+
+class Restored(NamedTuple):
+    commit_id: int
+    extra: dict
+    blobs: dict[str, bytes]
+
+
+class Replay(Persistence):
+    """Replay of `num_streams` lockstep streams. See docs/interfaces.md for the contract.
+
+    Sample n draws from Philox(key=(seed, n)) only, mapped onto the window valid at the call, so a plan is a
+    pure function of (seed, n, t, lo): prefetch threads precompute decoded inner chunks (immutable once
+    written) for the plans expected under the current window and never hold or advance a random state.
+    """
+
+    def __init__(self, schema: Schema, num_streams: int, scratch: str, durable: str, config: ReplayConfig, *,
+                 batch: int, length: int, seed: int = 0, force_first: bool = False,
+                 writer_token: str | None = None):
+        if num_streams < 1 or batch < 1 or length < 1:
+            raise ValueError(f"Replay: num_streams={num_streams}, batch={batch}, length={length} must be > 0")
+        if force_first and schema.get("is_first") is None:
+            raise SchemaError("Replay: force_first=True needs an 'is_first' field in the schema")
+        self.schema, self.fields, self.cfg = dict(schema), sorted(schema), config
+        self.num_streams, self.batch, self.length, self.force_first = num_streams, batch, length, force_first
+        self.cap_per_stream = config.capacity // num_streams
+        if self.cap_per_stream < length:
+            raise ValueError(f"Replay: capacity {config.capacity} / {num_streams} streams < length {length}")
+        self.token = writer_token or uuid.uuid4().hex
+        self.codec = ShardCodec(config.chunk, config.inner, config.zstd_level)
+        self._durable = Durable(durable, fsync=config.fsync)
+        try:
+            self._gen = self._durable.take_over(self.token)
+            existing = self._durable.manifests()
+        except DurableStoreError:
+            raise
+        except OSError as e:
+            raise DurableStoreError(f"durable URL {durable!r} is not usable: {e}") from e
+        self._scratch = Scratch(scratch, self.schema, num_streams, self.codec, config.zstd_level)
+        self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="replay-io")
+        self._commit_exec = ThreadPoolExecutor(1, thread_name_prefix="replay-commit")
+        self._lock = threading.Lock()
+        self._cache = InnerCache(config.cache_mb * 2**20, self._pool, self._load_inner,
+                                 config.inner * sum(s.step_bytes for s in schema.values()))
+        self._tail = {f: np.zeros((num_streams, config.chunk, *s.shape), s.dtype) for f, s in schema.items()}
+        self._slots = [(f, np.dtype(s.dtype), (num_streams, *s.shape), self._tail[f])
+                       for f, s in schema.items()]
+        self._seed = int(seed)
+        self._next_commit = (existing[0][0] + 1) if existing else 1
+        self._reset_state()
+        self._commit_fut: Future | None = None
+        self._lazy_thread: threading.Thread | None = None
+        self._bg_error: BaseException | None = None
+        self._closing = threading.Event()
+        self._broken: str | None = None
+        self.stats: dict = {}
+
+    # --- state
+    def _reset_state(self) -> None:
+        self._t = self._lo = self._k_lo = self._k_hi = self._k_durable = 0
+        self._draws = 0
+        self._shards: dict[int, ShardInfo] = {}
+        self._local: dict[tuple[int, int], threading.Event | bool] = {}
+        self._pending_delete: list[int] = []
+        self._manifest_keys: dict[str, frozenset[str]] = {}
+        self._restored_from = "(none)"
+        self._last_commit = 0
+
+    @property
+    def info(self) -> dict:
+        """Positions of the buffer: steps per stream, FIFO window [lo, t), sampler draws, last commit id."""
+        return {"t": self._t, "lo": self._lo, "draws": self._draws, "seed": self._seed,
+                "commit": self._last_commit, "k_lo": self._k_lo, "k_hi": self._k_hi}
+
+    def __len__(self) -> int:
+        """Steps held over all streams."""
+        return (self._t - self._lo) * self.num_streams
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise ReplayError(f"replay is unusable after an earlier failure: {self._broken}")
+        if self._bg_error is not None:
+            raise self._bg_error
+
+    # --- add
+    def add(self, step: dict[str, np.ndarray]) -> None:
+        """Append one step of every stream: each value (W, *spec.shape) of exactly spec.dtype."""
+        self._check_usable()
+        if step.keys() != self.schema.keys():
+            raise SchemaError(f"add: keys {sorted(step)} differ from schema keys {self.fields}")
+        i = self._t - self._k_hi * self.cfg.chunk
+        # One pass: a rejected step may leave values in slot i, which is not part of the buffer until t moves.
+        for f, dtype, shape, tail in self._slots:
+            v = step[f]
+            if not isinstance(v, np.ndarray):
+                v = np.asarray(v)
+            if v.dtype != dtype or v.shape != shape:
+                raise SchemaError(f"add: field {f!r} is {v.dtype}{list(v.shape)}, schema wants "
+                                  f"{dtype}{list(shape)}")
+            tail[:, i] = v
+        self._t += 1
+        if i + 1 == self.cfg.chunk:
+            self._finish_shard()
+        if self._t > self.cap_per_stream or self._pending_delete:
+            self._evict()
+
+    def _finish_shard(self) -> None:
+        k, W = self._k_hi, self.num_streams
+
+        def encode_write(w: int, f: str) -> tuple[int, int]:
+            data = self.codec.encode(self._tail[f][w])
+            self._scratch.write(f, w, k, data)
+            return len(data), checksum(data)
+
+        jobs = {(w, j): self._pool.submit(encode_write, w, f)
+                for w in range(W) for j, f in enumerate(self.fields)}
+        size, crc = np.zeros((W, len(self.fields)), np.uint32), np.zeros((W, len(self.fields)), np.uint32)
+        try:
+            for (w, j), fut in jobs.items():
+                size[w, j], crc[w, j] = fut.result()
+        except ScratchError as e:
+            for fut in jobs.values():
+                fut.cancel()
+            self._broken = str(e)
+            raise
+        obj = object_ids(crc)
+        with self._lock:
+            self._shards[k] = ShardInfo(size, crc, obj)
+            for w in range(W):
+                self._local[(w, k)] = True
+        self._k_hi = k + 1
+
+    def _evict(self) -> None:
+        self._lo = max(0, self._t - self.cap_per_stream)
+        k_new = self._lo // self.cfg.chunk
+        while self._k_lo < k_new:
+            k = self._k_lo
+            with self._lock:
+                self._shards.pop(k, None)
+                for w in range(self.num_streams):
+                    self._local.pop((w, k), None)
+                self._k_lo = k + 1
+            self._pending_delete.append(k)
+        # Scratch files of shards a running commit may still upload are deleted once it is done.
+        if self._pending_delete and (self._commit_fut is None or self._commit_fut.done()):
+            for k in self._pending_delete:
+                self._scratch.delete_shard(k, range(self.num_streams))
+            self._pending_delete.clear()
+
+    # --- chunks on scratch
+    def _ensure_local(self, w: int, k: int) -> None:
+        """Make shard (w, k) of every field present and verified on scratch, fetching it if needed."""
+        while True:
+            with self._lock:
+                st = self._local.get((w, k))
+                if st is True:
+                    return
+                if k not in self._shards:
+                    raise ReplayError(f"shard {k} of stream {w} is outside the window "
+                                      f"[{self._k_lo}, {self._k_hi})")
+                info = self._shards[k]
+                if st is None:
+                    ev = threading.Event()
+                    self._local[(w, k)] = ev
+                    break
+            st.wait()
+        try:
+            self._materialize(w, k, info)
+            with self._lock:
+                if (w, k) in self._local:
+                    self._local[(w, k)] = True
+        except BaseException:
+            with self._lock:
+                if self._local.get((w, k)) is ev:
+                    del self._local[(w, k)]
+            raise
+        finally:
+            ev.set()
+
+    def _materialize(self, w: int, k: int, info: ShardInfo) -> None:
+        if all(self._scratch.verify(f, w, k, int(info.size[w, j]), int(info.crc[w, j]))
+               for j, f in enumerate(self.fields)):
+            return
+        key = chunk_key(w, k, int(info.obj[w]))
+        data = self._durable.get(key)
+        parts = split_object(data, info.size[w])
+        if parts is None or any(checksum(p) != int(c) for p, c in zip(parts, info.crc[w], strict=True)):
+            raise CorruptChunkError(f"durable chunk {self._durable.url}/{key} referenced by manifest "
+                                    f"{self._restored_from} failed its checksum", key=key,
+                                    manifest=self._restored_from)
+        for f, p in zip(self.fields, parts, strict=True):
+            self._scratch.write(f, w, k, p)
+
+    def _load_inner(self, w: int, g: int) -> dict[str, np.ndarray]:
+        """Decoded inner chunk g (global inner index along time) of stream w, all fields."""
+        out = {f: np.empty((self.codec.inner, *s.shape), s.dtype) for f, s in self.schema.items()}
+        self._decode_into(w, g, out)
+        return out
+
+    def _decode_into(self, w: int, g: int, targets: dict[str, np.ndarray]) -> None:
+        """Decode inner chunk g of stream w into `targets` (field -> contiguous (inner, *shape) array)."""
+        k, j = divmod(g, self.codec.n_inner)
+        self._ensure_local(w, k)
+        inner = self.codec.inner
+        for f, arr in targets.items():
+            where = f"{self._scratch.file(f, w, k)}[{j}]"
+            try:
+                if self._scratch.is_small(f):
+                    arr[...] = self._scratch.small_shard(f, w, k)[j * inner:(j + 1) * inner]
+                else:
+                    self.codec.decode_inner(self._scratch.read_inner(f, w, k, j), arr, where)
+            except CorruptChunkError:
+                with self._lock:  # refetch from durable next time rather than failing forever
+                    self._local.pop((w, k), None)
+                raise
+
+    # --- sample
+    def sample(self) -> dict[str, np.ndarray]:
+        """Next batch: each field (B, T, *spec.shape), uniform over (stream, start) in the window."""
+        self._check_usable()
+        ws, starts = plan_batch(self._seed, self._draws, self.batch, self.length, self.num_streams,
+                                self._t, self._lo)
+        out = self._gather(ws, starts, self.length)
+        self._draws += 1
+        if self.force_first:
+            out["is_first"][:, 0] = True
+        for m in range(self._draws, self._draws + self.cfg.prefetch):
+            pw, ps = plan_batch(self._seed, m, self.batch, self.length, self.num_streams, self._t, self._lo)
+            self._cache.warm(self._inner_keys(pw, ps, self.length))
+        return out
+
+    def read(self, stream: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Steps [start, stop) of one stream, each field (stop - start, *shape); must lie in the window."""
+        if not (0 <= stream < self.num_streams and self._lo <= start <= stop <= self._t):
+            raise ValueError(f"read: stream {stream} [{start}, {stop}) outside window "
+                             f"[{self._lo}, {self._t})")
+        out = self._gather(np.array([stream]), np.array([start]), stop - start)
+        return {f: v[0] for f, v in out.items()}
+
+    def _inner_keys(self, ws: np.ndarray, starts: np.ndarray, length: int) -> list[tuple[int, int]]:
+        inner, done = self.codec.inner, self._k_hi * self.cfg.chunk
+        keys = []
+        for w, s in zip(ws.tolist(), starts.tolist(), strict=True):
+            e = min(s + length, done)
+            keys += [(w, g) for g in range(s // inner, -(-e // inner))] if e > s else []
+        return keys
+
+    def _gather(self, ws: np.ndarray, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """Assemble sequences: cached (prefetched) inner chunks are copied; inner chunks a sequence covers
+        whole and nobody decoded yet are decoded by the pool straight into the batch; partly covered ones
+        go through the cache; steps of the open tail are copied from RAM."""
+        inner, done = self.codec.inner, self._k_hi * self.cfg.chunk
+        out = {f: np.empty((len(ws), length, *s.shape), s.dtype) for f, s in self.schema.items()}
+        rows = list(zip(ws.tolist(), starts.tolist(), strict=True))
+        direct, cached = [], []
+        for b, (w, s) in enumerate(rows):
+            end = min(s + length, done)
+            for g in range(s // inner, -(-end // inner)) if end > s else ():
+                whole = s <= g * inner and (g + 1) * inner <= end
+                if whole and not self._cache.has((w, g)):
+                    direct.append(self._pool.submit(
+                        self._decode_into, w, g, {f: out[f][b, g * inner - s:(g + 1) * inner - s]
+                                                  for f in self.fields}))
+                else:
+                    cached.append((w, g))
+        futs = self._cache.get(cached)
+        for b, (w, s) in enumerate(rows):
+            e, pos = s + length, s
+            while pos < min(e, done):
+                g = pos // inner
+                stop = min(e, (g + 1) * inner, done)
+                if (w, g) in futs:
+                    chunk = futs[(w, g)].result()
+                    for f in self.fields:
+                        out[f][b, pos - s:stop - s] = chunk[f][pos - g * inner:stop - g * inner]
+                pos = stop
+            if e > pos:
+                for f in self.fields:
+                    out[f][b, pos - s:] = self._tail[f][w, pos - done:e - done]
+        for fut in direct:
+            fut.result()
+        return out
+
+    # --- commit
+    def commit(self, extra: dict, blobs: dict[str, bytes] | None = None, background: bool = False) -> int:
+        """Publish the current state durably; returns the commit id. Waits for the previous commit first."""
+        self.wait()
+        self._check_usable()
+        blobs = dict(blobs or {})
+        for name, b in blobs.items():
+            if not isinstance(name, str) or not isinstance(b, bytes | bytearray | memoryview):
+                raise ValueError(f"commit: blob {name!r} must be str -> bytes, got {type(b).__name__}")
+        try:
+            extra = json.loads(json.dumps(extra))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"commit: extra is not JSON-serialisable: {e}") from e
+        n = self._t - self._k_hi * self.cfg.chunk
+        c = self._next_commit
+        self._next_commit += 1
+        snap = _Snapshot(
+            commit=c, t=self._t, lo=self._lo, k_lo=self._k_lo, k_hi=self._k_hi,
+            shards={k: self._shards[k] for k in range(self._k_lo, self._k_hi)},
+            new=range(max(self._k_durable, self._k_lo), self._k_hi),
+            tails={f: self._tail[f][:, :n].copy() for f in self.fields}, draws=self._draws,
+            extra=extra, blobs={k: bytes(v) for k, v in blobs.items()})
+        if background:
+            self._commit_fut = self._commit_exec.submit(self._do_commit, snap)
+        else:
+            self._do_commit(snap)
+        return c
+
+    def wait(self) -> None:
+        """Join the background commit, re-raising its failure."""
+        fut, self._commit_fut = self._commit_fut, None
+        if fut is not None:
+            fut.result()
+
+    # --- restore
+    def restore(self) -> Restored | None:
+        """Bring the buffer to the newest durable commit whose chunks verify; None on a fresh store."""
+        if self._t or self._draws:
+            raise ReplayError("restore() must be called before any add() or sample()")
+        d = self._durable
+        ms = d.manifests()
+        if not ms:
+            self._scratch.sweep(range(0))
+            return None
+        listing = d.list_sizes(CHUNK_DIR)
+        bad: set[str] = set()
+        first_err: CorruptChunkError | None = None
+        parsed: dict[str, dict] = {}
+        for _c, _g, mkey in ms:
+            try:
+                m = d.read_json(mkey)
+            except (DurableStoreError, ValueError):
+                continue
+            parsed[mkey] = m
+            check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner)
+            keys = chunk_keys(m)
+            if keys.keys() & bad:
+                continue
+            try:
+                for key, size in keys.items():
+                    if listing.get(key) != size:
+                        raise CorruptChunkError(
+                            f"durable chunk {d.url}/{key} referenced by manifest {mkey} is missing or has "
+                            f"{listing.get(key)} bytes instead of {size}", key=key, manifest=mkey)
+                blobs, extra = self._load(m, mkey)
+                if not self.cfg.lazy:
+                    jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]
+                    list(self._pool.map(lambda wk: self._ensure_local(*wk), jobs))
+            except CorruptChunkError as e:
+                bad.add(e.key)
+                first_err = first_err or e
+                self._reset_state()
+                continue
+            self._manifest_keys[mkey] = frozenset(keys)
+            self._sweep_durable(ms, parsed, listing)
+            self._scratch.sweep(range(self._k_lo, self._k_hi))
+            if self.cfg.lazy:
+                self._lazy_thread = threading.Thread(target=self._lazy_fetch, name="replay-lazy", daemon=True)
+                self._lazy_thread.start()
+            return Restored(m["commit"], extra, blobs)
+        if first_err is not None:
+            raise first_err
+        raise DurableStoreError(f"no readable manifest among {len(ms)} in {d.url}")
+
+    # --- shutdown
+    def close(self) -> None:
+        """Wait for the background commit (re-raising its failure) and stop every thread."""
+        self._closing.set()
+        try:
+            self.wait()
+        finally:
+            if self._lazy_thread is not None:
+                self._lazy_thread.join()
+            self._commit_exec.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_latest_manifest(durable: str) -> dict | None:
+    """Newest readable manifest of a durable store without its chunk tables (read-only; for status tools)."""
+    d = Durable(durable, create=False)
+    for _c, _g, mkey in d.manifests():
+        try:
+            m = d.read_json(mkey)
+        except (DurableStoreError, ValueError):
+            continue
+        m.pop("tables", None)
+        m["key"] = mkey
+        return m
+    return None
