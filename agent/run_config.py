@@ -1,8 +1,10 @@
-"""Configuration of the training loop: the `train` and `wandb` sections, and `AgentRunConfig`, the part of the
-config tree that `agent.train.train` receives (see docs/interfaces.md)."""
+"""Configuration of the training loop: the `train` and `wandb` sections, `AgentRunConfig` (the part of the config
+tree that `agent.train.train` receives) and `RunContext` (see docs/interfaces.md). Free of jax, so the
+orchestrator can build both before the entry point imports it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import AgentConfig, ConfigError
@@ -54,3 +56,14 @@ class AgentRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: ReplayConfig = field(default_factory=lambda: ReplayConfig(capacity=1_000_000))
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run lives and how it is asked to stop; built by the orchestrator (or a test)."""
+
+    scratch_dir: str  # node-local folder for the replay's working copy (may be empty on a new node)
+    durable_url: str  # fsspec URL of the durable store: the only truth for resuming
+    log_dir: str  # metrics.jsonl and wandb files
+    writer_token: str  # unique per attempt; a newer attempt fences this one's commits off
+    should_stop: Callable[[], bool]  # polled at step boundaries; True -> commit and return "stopped"

@@ -16,8 +16,6 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,23 +27,13 @@ import numpy as np
 from agent.envs import VecEnv
 from agent.learner import PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
-from agent.run_config import AgentRunConfig
+from agent.run_config import AgentRunConfig, RunContext
 from buffer import FieldSpec, Replay
 
 log = logging.getLogger(__name__)
 Outcome = Literal["done", "stopped"]
+__all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step_schema", "device_fingerprint"]
 LOOP_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where a run lives and how it is asked to stop; built by the orchestrator (or a test)."""
-
-    scratch_dir: str  # node-local folder for the replay's working copy (may be empty on a new node)
-    durable_url: str  # fsspec URL of the durable store: the only truth for resuming
-    log_dir: str  # metrics.jsonl and wandb files
-    writer_token: str  # unique per attempt; a newer attempt fences this one's commits off
-    should_stop: Callable[[], bool]  # polled at step boundaries; True -> commit and return "stopped"
 
 
 class ResumeError(RuntimeError):

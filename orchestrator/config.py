@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from agent.config import AgentConfig
-from agent.envs.config import EnvConfig
-from agent.run_config import AgentRunConfig, TrainConfig, WandbConfig
-from buffer import ReplayConfig
+from agent.config import structured_schema
+from agent.run_config import AgentRunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # `${repo:}` in a profile or experiment: this checkout, so paths to its build outputs never depend on the cwd.
@@ -90,31 +87,16 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class RootConfig:
-    """The whole tree; `agent_run_config` cuts out what the training loop sees."""
+class RootConfig(AgentRunConfig):
+    """The whole tree: what the training loop sees (`seed, agent, env, train, replay, wandb`) plus `run`, `cluster`."""
 
-    seed: int = 0
-    agent: AgentConfig = field(default_factory=AgentConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    replay: ReplayConfig = field(default_factory=lambda: ReplayConfig(capacity=1_000_000))
-    wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-def _thaw(node: Any) -> Any:
-    # OmegaConf marks frozen dataclasses read-only; merging YAML needs them writable (types stay checked).
-    node._set_flag("readonly", None)
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            _thaw(node._get_node(key))
-    return node
-
-
 def schema() -> DictConfig:
     """The structured schema of `RootConfig`, writable, still rejecting unknown keys and wrong types."""
-    return _thaw(OmegaConf.structured(RootConfig))
+    return structured_schema(RootConfig)
 
 
 def validate(cfg: DictConfig | dict) -> RootConfig:

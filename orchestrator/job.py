@@ -18,26 +18,15 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.run_config import RunContext
 from orchestrator import slurm
 from orchestrator.config import RootConfig, agent_run_config, load_run_config
 from orchestrator.sweep import RunPaths, read_json, run_paths, write_json_atomic
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts a task that exits with this
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What the training entry gets besides its config (docs/interfaces.md)."""
-
-    scratch_dir: str  # node-local folder, may be empty on a new node
-    durable_url: str  # the only truth for resuming
-    log_dir: str  # metrics.jsonl, wandb, ...
-    writer_token: str  # unique per attempt, for the buffer's writer fencing
-    should_stop: Callable[[], bool]  # poll at step boundaries; True: commit and return "stopped"
 
 
 class StopFlag:

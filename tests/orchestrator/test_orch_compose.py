@@ -47,7 +47,8 @@ def test_unknown_experiment_lists_the_available_ones():
 
 
 def test_unknown_profile_lists_the_available_ones():
-    with pytest.raises(ComposeError, match=r"unknown cluster profile 'mars'; available: dev, dev-container, local, templ"):
+    available = "dev, dev-container, local, templ"
+    with pytest.raises(ComposeError, match=rf"unknown cluster profile 'mars'; available: {available}"):
         compose_runs("smoke", [0], [], "mars")
 
 

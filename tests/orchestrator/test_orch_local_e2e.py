@@ -77,9 +77,15 @@ def test_bad_input_is_reported_and_submits_nothing(root, fake_bin, capsys, args,
     assert not root.exists() or not any(root.iterdir())
 
 
-def test_an_existing_sweep_with_another_request_is_refused(root, capsys, monkeypatch):
-    monkeypatch.setenv("R2I_TEST_STEP_S", "0")
-    base = ["submit", "--exp", "smoke", "--sweep", "same", "--cluster", "local", "--detach", "--args"]
-    assert main(base + [f"train.steps=5 run.entry={WORKLOAD}"]) == 0
-    assert main(base + [f"train.steps=6 run.entry={WORKLOAD}"]) == 2
-    assert "sweep 'same' exists with a different request" in capsys.readouterr().err
+def test_an_existing_sweep_with_another_request_is_refused(root):
+    # A real CLI process each time: a detached local job outlives the call, so it must not share pytest's streams.
+    env = {**os.environ, "R2I_TEST_STEP_S": "0"}
+    base = CLI + ["--root", str(root), "submit", "--exp", "smoke", "--sweep", "same", "--cluster", "local",
+                  "--detach", "--args"]
+    first = subprocess.run(base + [f"train.steps=5 run.entry={WORKLOAD} run.root={root}"], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = subprocess.run(base + [f"train.steps=6 run.entry={WORKLOAD} run.root={root}"], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "sweep 'same' exists with a different request" in second.stderr
