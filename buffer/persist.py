@@ -112,7 +112,11 @@ class Persistence:
 
     def _load(self, m: dict, mkey: str) -> tuple[dict[str, bytes], dict]:
         pk = m["pack"]
-        pack = self._durable.get(pk["key"])
+        try:
+            pack = self._durable.get(pk["key"])
+        except DurableStoreError as e:  # a lost pack is a bad commit like a corrupt chunk: fall back past it
+            raise CorruptChunkError(f"pack {self._durable.url}/{pk['key']} of manifest {mkey} is missing or "
+                                    f"unreadable: {e}", key=pk["key"], manifest=mkey) from e
         if len(pack) != pk["nbytes"] or checksum(pack) != pk["crc"]:
             raise CorruptChunkError(f"pack {self._durable.url}/{pk['key']} of manifest {mkey} failed its "
                                     "checksum",
