@@ -18,6 +18,8 @@ PROFILE ?=
 DETACH ?= 0
 JSON ?= 0
 PYTEST_ARGS ?=
+# 8 kinds x 8 trials x 2 faults: the >= 100 interruptions of the chaos target (1.5-2 h here)
+CHAOS_ARGS ?= --trials-per-kind 8 --faults-per-trial 2
 # docker/image.env: IMAGE_NAME, BASE_IMAGE, DEBIAN_SUITE, ARCHIVE_DIR (shared with docker/ and singularity/r2i.def)
 include docker/image.env
 IMAGE_VARIANT ?= cpu
@@ -80,8 +82,8 @@ bench-buffer: setup ## replay buffer benchmark -> bench/results/buffer.json
 bench-agent: setup ## agent train/act benchmark -> bench/results/agent.json
 	$(PY) -m bench.bench_agent $(BENCH_ARGS)
 
-chaos: setup cluster-up ## fault-injection suite against the dev cluster (not implemented yet)
-	@echo "make chaos: not implemented yet (issue 'chaos')"; exit 2
+chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind, compare to an uninterrupted run -> bench/results/chaos.json
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 lint: setup ## ruff over the packages, tests and benchmarks
 	$(VENV)/bin/ruff check orchestrator agent buffer tests bench singularity/podman-shim

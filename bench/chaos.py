@@ -1,0 +1,165 @@
+"""`make chaos`: interrupt the `smoke` run on the dev Slurm cluster with every fault kind and compare each final
+state with one uninterrupted run of the same seed, submitted the same way (same partition, CPUs, entry: the
+same XLA bits). Writes bench/results/chaos.json (rewritten after every trial) and prints a markdown table.
+
+    python -m bench.chaos [--trials-per-kind N] [--kinds a,b] [--seed S] [--args "hydra overrides"]
+                          [--stop-by HH:MM (UTC; no trial starts after)] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.chaos import KINDS, ChaosError, Settings, run_trial, verdict
+
+REPO = Path(__file__).resolve().parents[1]
+GRACE = {"timeout": "15-45 s (USR2 on the 30 s timer, limit 1 min)", "preempt": "15 s (GraceTime)",
+         "requeue": "10 s (KillWait after SIGTERM)", "scratch_wipe": "10 s (KillWait after SIGTERM)",
+         "corrupt_chunk": "10 s (KillWait after SIGTERM)"}
+
+
+def _stats(xs: list[float]) -> dict | None:
+    return {"n": len(xs), "median": round(statistics.median(xs), 2), "max": round(max(xs), 2)} if xs else None
+
+
+def summarize(trials: list[dict]) -> dict:
+    """Per fault kind: the figures of issue 7 over that kind's trials."""
+    out = {}
+    for kind in dict.fromkeys(t["kind"] for t in trials):
+        vs = [t["verdict"] for t in trials if t["kind"] == kind]
+        out[kind] = {
+            "trials": len(vs), "faults_delivered": sum(v["faults_delivered"] for v in vs),
+            "interruptions": sum(v["interruptions"] for v in vs),
+            "finished": sum(v["done"] for v in vs), "missed": sum(v["missed"] for v in vs),
+            "bit_identical": sum(v["identical"] for v in vs),
+            "corrupt_restores": sum(v["corrupt_restore"] for v in vs),
+            "failed_clearly": sum(v["failed_clearly"] for v in vs),
+            "committed_steps_lost": sum(v["lost_steps"] for v in vs),
+            "env_steps_redone": sum(v["redone_steps"] for v in vs),
+            "restart_to_first_step_s": _stats([x for v in vs for x in v["restart_s"]]),
+            "stop_commit_s": _stats([x for v in vs for x in v["stop_commit_s"]]),
+            "signal_to_exit_s": _stats([x for v in vs for x in v["signal_to_exit_s"]]),
+            "grace_window": GRACE.get(kind, "none (no signal)"),
+            "errors": sorted({v["error"] for v in vs if v["error"]}),
+        }
+    return out
+
+
+def table(summary: dict) -> str:
+    """The README table: one row per fault kind."""
+    def ms(s: dict | None) -> str:
+        return f"{s['median']:.1f} / {s['max']:.1f}" if s else "-"
+
+    rows = ["| fault | trials | faults delivered | interruptions | bit-identical | corrupt restores | failed clearly "
+            "| committed steps lost | env steps redone | restart to 1st step s (med/max) "
+            "| stop commit s (med/max) | grace |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, k in summary.items():
+        rows.append(f"| {kind} | {k['trials']} | {k.get('faults_delivered', '-')} | {k['interruptions']} | "
+                    f"{k['bit_identical']} | "
+                    f"{k['corrupt_restores']} | {k['failed_clearly']} | {k['committed_steps_lost']} | "
+                    f"{k['env_steps_redone']} | {ms(k['restart_to_first_step_s'])} | {ms(k['stop_commit_s'])} | "
+                    f"{k['grace_window']} |")
+    return "\n".join(rows)
+
+
+def resummarize(out: Path) -> int:
+    """Recompute every verdict, the summary and the table of an existing result file (no cluster needed)."""
+    result = json.loads(out.read_text())
+    for t in result.get("trials", []):
+        if isinstance(t["notes"], dict):  # files written before faults_per_trial: one fault per trial
+            t["notes"] = [t["notes"]] if t["kind"] not in ("reference", "timeout") else []
+        t["verdict"] = verdict(t, result["reference"]["fingerprint"])
+    result.update(summary=summarize(result.get("trials", [])))
+    result["table_md"] = table(result["summary"])
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(result["table_md"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials-per-kind", type=int, default=1)
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--seed", type=int, default=0, help="the fault schedule's seed (and the run's)")
+    p.add_argument("--args", default=Settings().overrides, help="hydra overrides of every run")
+    p.add_argument("--max-delay-s", type=float, default=Settings().max_delay_s)
+    p.add_argument("--faults-per-trial", type=int, default=Settings().faults_per_trial,
+                   help="faults delivered to one run, one per attempt (second_writer: 1)")
+    p.add_argument("--stop-by", default="", help="UTC HH:MM after which no new trial starts")
+    p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "r2i-chaos"))
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "chaos.json"))
+    p.add_argument("--summarize-only", action="store_true", help="recompute verdicts and table of --out")
+    p.add_argument("--append", action="store_true",
+                   help="add trials to --out, reusing its reference run (same --args and --seed only)")
+    a = p.parse_args(argv)
+    if a.summarize_only:
+        return resummarize(Path(a.out))
+    kinds = [k for k in a.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        p.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+    root = Path(a.root)
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["R2I_RUN_ROOT"] = str(root / "runs")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "jax-cache"))  # shared by every job
+    stop_by = None
+    if a.stop_by:
+        hh, mm = map(int, a.stop_by.split(":"))
+        now = dt.datetime.now(dt.UTC)
+        stop_by = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+    s = Settings(seed=a.seed, overrides=a.args, max_delay_s=a.max_delay_s, faults_per_trial=a.faults_per_trial)
+    rng = random.Random(a.seed)
+    result = {"machine": {"cores": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+              "settings": {"exp": s.exp, "seed": s.seed, "overrides": s.overrides, "max_delay_s": s.max_delay_s,
+                           "faults_per_trial": s.faults_per_trial,
+                           "trials_per_kind": a.trials_per_kind, "kinds": kinds}}
+    trials: list[dict] = []
+    if a.append:
+        old = json.loads(Path(a.out).read_text())
+        if (old["settings"]["overrides"], old["settings"]["seed"]) != (s.overrides, s.seed):
+            p.error(f"--append: {a.out} was run with --args {old['settings']['overrides']!r} --seed "
+                    f"{old['settings']['seed']}, not {s.overrides!r} --seed {s.seed}")
+        rng.seed(f"{a.seed}/{len(old.get('trials', []))}")  # another fault schedule than the first session's
+        result, trials = old, old.get("trials", [])
+        result.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                  "kinds": kinds, "trials_per_kind": a.trials_per_kind,
+                                                  "faults_per_trial": s.faults_per_trial})
+        ref = result["reference"]
+    else:
+        print(f"reference run (uninterrupted, same submission path): {s.overrides}", flush=True)
+        ref = run_trial("reference", 0, s, rng)
+        if ref.get("state") != "done" or "fingerprint" not in ref:
+            raise ChaosError(f"the reference run did not finish: {ref.get('error') or ref.get('run_error')}")
+        result["reference"] = {k: ref[k] for k in ("sweep", "job", "wall_s", "fingerprint")}
+    schedule = [(k, i) for i in range(a.trials_per_kind) for k in kinds]
+    for kind, i in schedule:
+        if stop_by is not None and time.time() > stop_by:
+            result["stopped_early"] = f"--stop-by {a.stop_by} reached with {len(trials)} trials"
+            break
+        rec = run_trial(kind, i, s, rng)
+        rec["verdict"] = verdict(rec, ref["fingerprint"])
+        v = rec["verdict"]
+        print(f"{kind}#{i}: {rec.get('state')} identical={v['identical']} interruptions={v['interruptions']} "
+              f"lost={v['lost_steps']} redone={v['redone_steps']} diff={v['differences']} "
+              f"err={v['error']} ({rec['wall_s']} s)", flush=True)
+        trials.append(rec)
+        result.update(trials=trials, summary=summarize(trials))
+        result["table_md"] = table(result["summary"])
+        Path(a.out).write_text(json.dumps(result, indent=1, default=str))
+    if trials:
+        print(result["table_md"])
+    Path(a.out).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

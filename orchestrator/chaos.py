@@ -1,0 +1,481 @@
+"""Fault injection on a real Slurm cluster: one trial = one run submitted like `make submit`, interrupted once
+by one fault kind at a random (seeded) moment, run to its end, and fingerprinted (`orchestrator.verify`).
+
+Kinds: timeout (short time limit: Slurm's USR2), preempt (a high-priority job), requeue (`scontrol requeue`),
+sigkill (the step's Python, no grace), kill_mid_commit (SIGKILL while a commit's files are appearing),
+scratch_wipe (requeued and held, scratch deleted: a new node), corrupt_chunk (held, scratch deleted, bytes
+flipped in the newest durable chunk), second_writer (a second copy of the job started while the first runs).
+
+Jobs run `instrumented_train` (set as `run.entry`): it calls the real entry unchanged and appends timestamped
+events to `<logs>/chaos-events.jsonl` (entry, first step, resume point, stop seen, return), flushed as written so
+a killed attempt leaves its trace. Nothing here changes the trajectory: the stop flag is only observed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator import launch
+from orchestrator.job import resolve_entry
+from orchestrator.sweep import Sweep, read_json
+from orchestrator.verify import differences, fingerprint
+
+KINDS = ("timeout", "preempt", "requeue", "sigkill", "kill_mid_commit", "scratch_wipe", "corrupt_chunk",
+         "second_writer")
+ENTRY = "orchestrator.chaos:instrumented_train"
+EVENTS = "chaos-events.jsonl"
+TARGET_ENV = "R2I_CHAOS_TARGET"  # the entry instrumented_train wraps (default agent.train:train)
+END_STATES = ("done", "failed", "requeue_limit", "cancelled")
+
+
+class ChaosError(RuntimeError):
+    """A trial could not be carried out (cluster not answering, run never started): not a finding."""
+
+
+# --- inside the job ---------------------------------------------------------------------------------------
+def _proc_start() -> float:
+    """Unix time this process started (from /proc), i.e. when the step launched Python."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+class _LoopLog(logging.Handler):
+    """Turns the loop's own "resumed at env step N" / "stopped at env step N" log lines into events."""
+
+    def __init__(self, ev) -> None:
+        super().__init__(logging.INFO)
+        self.ev = ev
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = str(record.msg)
+        if msg.startswith(("resumed at env step", "stopped at env step")) and record.args:
+            self.ev(msg.split()[0], env_steps=int(record.args[0]))
+
+
+def _agent_train() -> Any:
+    """agent.train.train, the entry that logs its resume point (others are only timed)."""
+    return resolve_entry("agent.train:train")
+
+
+def instrumented_train(cfg: Any, ctx: Any) -> str:
+    """`run.entry` for chaos trials: the real entry ($R2I_CHAOS_TARGET) with its progress recorded as events."""
+    target = resolve_entry(os.environ.get(TARGET_ENV, "agent.train:train"))
+    Path(ctx.log_dir).mkdir(parents=True, exist_ok=True)
+    f = open(Path(ctx.log_dir) / EVENTS, "a", buffering=1)
+
+    def ev(kind: str, **kw: Any) -> None:
+        f.write(json.dumps({"ev": kind, "token": ctx.writer_token, "t": time.time(), **kw}) + "\n")
+
+    ev("entry", proc_start=_proc_start(), pid=os.getpid(), num_envs=cfg.train.num_envs,
+       logs_resume=target is _agent_train())
+    handler = _LoopLog(ev)
+    loop_log = logging.getLogger("agent.train")
+    loop_log.addHandler(handler)
+    loop_log.setLevel(logging.INFO)
+    calls, seen = 0, False
+
+    def should_stop() -> bool:
+        nonlocal calls, seen
+        calls += 1
+        stop = ctx.should_stop()
+        if calls > 1:
+            ev("step", n=calls)  # calls - 1 loop iterations are done
+        if stop and not seen:
+            seen = True
+            ev("stop_seen", signal_time=getattr(ctx.should_stop, "time", None),
+               signal=getattr(ctx.should_stop, "signal", None))
+        return stop
+
+    try:
+        result = target(cfg, replace(ctx, should_stop=should_stop))
+    except BaseException as e:
+        ev("error", error=f"{type(e).__name__}: {e}"[:600])
+        raise
+    finally:
+        loop_log.removeHandler(handler)
+    ev("return", result=result, calls=calls)
+    f.close()
+    return result
+
+
+# --- outside: one trial -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What a trial submits: experiment, seed, hydra overrides (without the fault's own), target entry."""
+
+    exp: str = "smoke"
+    seed: int = 0
+    overrides: str = ("train.steps=3000 train.prefill=200 train.log_every=100 train.commit_every_min=0.1 "
+                      "replay.chunk=128 cluster.cpus=1 cluster.time_min=10")
+    target: str = "agent.train:train"
+    env: dict = field(default_factory=dict)  # extra environment of the jobs (e.g. R2I_TEST_STEP_S)
+    max_delay_s: float = 20.0  # faults land uniformly in [0, max_delay_s] after an attempt's first commit
+    faults_per_trial: int = 1  # faults delivered to one run, one per attempt (second_writer: 1)
+    timeout_s: float = 900.0  # one trial, submit to end
+
+
+def _sh(*cmd: str, check: bool = True) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check and out.returncode != 0:
+        raise ChaosError(f"{' '.join(cmd)} failed: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def _squeue_state(job: str) -> str | None:
+    out = _sh("squeue", "-h", "-j", job, "-o", "%T", check=False)
+    return out.split()[0] if out else None
+
+
+@dataclass
+class Trial:
+    """A submitted run and what the injector observed about it."""
+
+    kind: str
+    sweep: Sweep
+    run_dir: Path
+    durable: str
+    scratch: str
+    job: str
+    rng: random.Random
+    t_submit: float
+    commits: list = field(default_factory=list)  # (time seen, env_steps) of every new newest manifest
+    notes: dict = field(default_factory=dict)  # the current fault's observations
+    faults: list = field(default_factory=list)  # every fault's notes
+    extra_jobs: list = field(default_factory=list)
+
+    def state(self) -> dict:
+        return read_json(self.run_dir / "state.json") or {}
+
+    def manifests(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(Path(self.durable) / "manifests") if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+
+    def observe(self) -> None:
+        """Record the newest manifest's env steps when it changed (for 'committed steps lost')."""
+        ms = self.manifests()
+        if not ms or (self.commits and self.commits[-1][2] == ms[-1]):
+            return
+        try:
+            m = json.loads((Path(self.durable) / "manifests" / ms[-1]).read_text())
+        except (OSError, ValueError):
+            return
+        prog = m["extra"]["progress"]
+        self.commits.append((time.time(), int(prog["env_steps"]), ms[-1], int(prog.get("updates", 0))))
+
+    def wait(self, cond, timeout_s: float, what: str, poll_s: float = 0.25) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            self.observe()
+            if cond():
+                return
+            time.sleep(poll_s)
+        raise ChaosError(f"{self.kind}: timed out after {timeout_s:.0f} s waiting for {what} "
+                         f"(job {self.job} {_squeue_state(self.job)}, state {self.state().get('state')})")
+
+    def live(self) -> bool:
+        return any(_squeue_state(j) is not None for j in [self.job, *self.extra_jobs])
+
+    def attempt_pid(self) -> int:
+        return int(self.state()["attempts"][-1]["pid"])
+
+    def wait_running_commit(self, min_attempts: int) -> None:
+        """Until attempt `min_attempts` (or a later one) has committed after an update, or the run ended: its
+        act and train programs are compiled (a signal during the first compile is not answered within a 15 s
+        grace: a known limit, not what these trials probe)."""
+        def ready() -> bool:
+            st = self.state()
+            if st.get("state") in END_STATES:
+                return True
+            att = st.get("attempts") or []
+            return st.get("state") == "running" and len(att) >= min_attempts and any(
+                c[0] > att[-1]["start"] and c[3] > 0 for c in self.commits)
+
+        self.wait(ready, 600, "a commit after an update")
+
+    def random_delay(self, max_s: float) -> None:
+        d = self.rng.uniform(0.0, max_s)
+        self.notes["delay_s"] = round(d, 2)
+        _sleep_observing(self, d)
+
+
+def _sleep_observing(t: Trial, seconds: float) -> None:
+    end = time.time() + seconds
+    while time.time() < end and t.state().get("state") not in END_STATES:
+        t.observe()
+        time.sleep(min(0.2, max(0.0, end - time.time())))
+
+
+def _hold_and(t: Trial, action) -> None:
+    """Requeue the job held, run `action` while no attempt can start, then release it (a new node)."""
+    attempts = len(t.state().get("attempts", []))
+    pid = t.attempt_pid()
+    _sh("scontrol", "requeuehold", t.job)
+    t.wait(lambda: not _pid_alive(pid) and _squeue_state(t.job) in ("PENDING", None), 120, "the held requeue")
+    if t.state().get("state") in END_STATES or _squeue_state(t.job) is None:
+        t.notes["missed"] = "the run ended before the held requeue took effect"
+        return
+    _sh("scontrol", "hold", t.job, check=False)  # the host-side teardown may have requeued it again
+    if len(t.state().get("attempts", [])) != attempts:
+        raise ChaosError(f"{t.kind}: a new attempt started before the scratch could be wiped")
+    t.observe()
+    action()
+    _sh("scontrol", "release", t.job)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wipe(t: Trial) -> None:
+    shutil.rmtree(t.scratch, ignore_errors=True)
+    t.notes["scratch_wiped"] = True
+
+
+def _corrupt_newest_chunk(t: Trial) -> None:
+    """Flip 16 bytes in place in the newest-numbered chunk of the newest manifest (size unchanged)."""
+    from buffer.manifest import chunk_keys
+
+    ms = t.manifests()
+    newest = json.loads((Path(t.durable) / "manifests" / ms[-1]).read_text())
+    keys = sorted(chunk_keys(newest), key=lambda k: (int(k.rsplit("/", 1)[1].split("-")[0]), k))
+    if not keys:
+        raise ChaosError("corrupt_chunk: the newest manifest references no finished chunk (raise steps or lower "
+                         "replay.chunk)")
+    top = [k for k in keys if k.rsplit("/", 1)[1].split("-")[0] == keys[-1].rsplit("/", 1)[1].split("-")[0]]
+    key = t.rng.choice(top)
+    p = Path(t.durable) / key
+    data = bytearray(p.read_bytes())
+    off = t.rng.randrange(0, max(1, len(data) - 16))
+    for i in range(off, min(len(data), off + 16)):
+        data[i] ^= 0xFF
+    with open(p, "r+b") as f:
+        f.write(data)
+    older = [json.loads((Path(t.durable) / "manifests" / m).read_text()) for m in ms[:-1]]
+    t.notes.update(corrupted=key, corrupted_offset=off, manifest=ms[-1],
+                   fallback_possible=any(key not in chunk_keys(m) for m in older))
+
+
+def _commit_in_flight(durable: Path, published: set[str]) -> str | None:
+    """A file of a commit whose manifest is not published yet (tmp file, or a pack without its manifest)."""
+    for sub in ("packs", "manifests", "chunks"):
+        base = durable / sub
+        try:
+            entries = list(os.scandir(base))
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            if ".tmp-" in e.name:
+                return f"{sub}/{e.name}"
+            if sub == "packs" and e.name.endswith(".pack") and e.name[:-5] + ".json" not in published:
+                return f"{sub}/{e.name}"
+            if sub == "chunks" and e.is_dir():
+                try:
+                    if any(".tmp-" in n for n in os.listdir(e.path)):
+                        return f"chunks/{e.name}/(tmp)"
+                except FileNotFoundError:
+                    pass
+    return None
+
+
+def inject(t: Trial, s: Settings) -> None:
+    """`s.faults_per_trial` times (once for second_writer): wait for the loop to run and commit, then deliver
+    the fault of `t.kind` at a random moment. Each fault's observations go to `t.faults`."""
+    if t.kind in ("reference", "timeout"):  # timeout: the short limit is the fault; Slurm's timer picks when
+        return
+    min_attempts = 1
+    for _ in range(1 if t.kind == "second_writer" else s.faults_per_trial):
+        t.notes = {}
+        t.faults.append(t.notes)
+        t.wait_running_commit(min_attempts)
+        # the next fault waits for the next attempt (this one may still show "running" while it commits)
+        min_attempts = len(t.state().get("attempts") or []) + 1
+        if t.state().get("state") not in END_STATES:
+            t.random_delay(s.max_delay_s)
+        if t.state().get("state") in END_STATES:
+            t.notes["missed"] = "the run ended before the fault"
+            return
+        _inject_once(t)
+        if t.notes.get("missed"):
+            return
+
+
+def _inject_once(t: Trial) -> None:
+    t.notes["fault_time"] = time.time()
+    if t.kind == "preempt":
+        t.extra_jobs.append(_sh("sbatch", "--parsable", "-p", "high", "-c", "2", "-t", "1", "-o", "/dev/null",
+                                "--wrap", "sleep 2"))
+    elif t.kind == "requeue":
+        _sh("scontrol", "requeue", t.job)
+    elif t.kind == "sigkill":
+        os.kill(t.attempt_pid(), signal.SIGKILL)
+    elif t.kind == "kill_mid_commit":
+        pid, d = t.attempt_pid(), Path(t.durable)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            published = set(t.manifests())
+            hit = _commit_in_flight(d, published)
+            if hit:
+                os.kill(pid, signal.SIGKILL)
+                t.notes.update(killed_at=hit, fault_time=time.time())
+                break
+            time.sleep(0.0005)
+        else:
+            t.notes["missed"] = "no commit in flight within 120 s"
+            return
+        time.sleep(1.0)
+        stem = hit.split("/")[-1].split(".")[0]
+        t.notes["manifest_published_anyway"] = any(m.startswith(stem) for m in t.manifests())
+    elif t.kind == "scratch_wipe":
+        _hold_and(t, lambda: _wipe(t))
+    elif t.kind == "corrupt_chunk":
+        _hold_and(t, lambda: (_corrupt_newest_chunk(t), _wipe(t)))
+    elif t.kind == "second_writer":
+        run_dir = str(t.run_dir)
+        code = f"from orchestrator.job import run_job; run_job({run_dir!r})"
+        t.extra_jobs.append(_sh("sbatch", "--parsable", "-p", "low", "-c", "1", "-t", "10",
+                                "-o", f"{run_dir}/logs/second-writer-%j.out", "-J", "r2i-second-writer",
+                                "--wrap", f"exec {sys.executable} -c {json.dumps(code)}"))
+        # as root on the dev cluster: run it now, not after other users' queued jobs (the first copy must still run)
+        _sh("scontrol", "update", f"JobId={t.extra_jobs[-1]}", "Priority=4000000000", check=False)
+        pid = t.attempt_pid()
+
+        def second_entered() -> bool:
+            return len({e["token"] for e in _events(t.run_dir / "logs" / EVENTS) if e["ev"] == "entry"}) >= 2
+
+        t.wait(lambda: second_entered() or not _pid_alive(pid), 180, "the second copy to start")
+        if not second_entered():  # a copy that starts after the end finds the run done and never enters
+            t.notes["missed"] = "the second copy did not start while the first ran"
+    else:
+        raise ValueError(f"unknown fault kind {t.kind!r}; known: {', '.join(KINDS)}")
+
+
+def run_trial(kind: str, index: int, s: Settings, rng: random.Random) -> dict:
+    """Submit one run, inject `kind`, wait for the end; the raw record (events, observations, fingerprint)."""
+    overrides = f"{s.overrides} run.entry={ENTRY}"
+    if kind == "timeout":
+        overrides += " cluster.time_min=1 cluster.signal_grace_s=15 cluster.max_requeues=30"
+    name = f"chaos-{kind}-{index}-{time.strftime('%H%M%S', time.gmtime())}-{rng.randrange(16**4):04x}"
+    env = {TARGET_ENV: s.target, **s.env}  # jobs (and a second writer's sbatch) inherit the submitter's env
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return _run_trial(kind, index, s, overrides, name, rng)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_trial(kind: str, index: int, s: Settings, overrides: str, name: str, rng: random.Random) -> dict:
+    sweep, launched = launch.submit(s.exp, [s.seed], overrides, name, "slurm", None, follow=False)
+    run = launched[0].run
+    paths = sweep.paths(run).resolved()
+    t = Trial(kind, sweep, paths.run_dir, paths.durable, paths.scratch, launched[0].job_id, rng, time.time())
+    record: dict[str, Any] = {"kind": kind, "index": index, "sweep": name, "job": t.job}
+    try:
+        inject(t, s)
+        t.wait(lambda: t.state().get("state") in END_STATES and not t.live(),
+               s.timeout_s - (time.time() - t.t_submit), "the run's end", poll_s=0.5)
+    except ChaosError as e:
+        record["error"] = str(e)
+        for j in [t.job, *t.extra_jobs]:
+            _sh("scancel", j, check=False)
+    st = t.state()
+    record.update(state=st.get("state"), run_error=st.get("error"), notes=t.faults, commits=t.commits,
+                  attempts=[{k: a.get(k) for k in ("job_id", "restart", "start", "end", "outcome", "stop")}
+                            for a in st.get("attempts", [])],
+                  events=_events(paths.logs / EVENTS), wall_s=round(time.time() - t.t_submit, 1))
+    try:
+        record["fingerprint"] = fingerprint(paths.durable, paths.metrics)
+    except Exception as e:  # noqa: BLE001 - a store we cannot read is a result of the trial
+        record["fingerprint_error"] = f"{type(e).__name__}: {e}"
+    return record
+
+
+def _events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by SIGKILL
+    return out
+
+
+def verdict(record: dict, reference: dict) -> dict:
+    """Per-trial figures: identical, corrupt restore, lost/redone env steps, restart and stop-commit times."""
+    attempts: dict[str, dict] = {}
+    for e in record["events"]:
+        a = attempts.setdefault(e["token"], {"token": e["token"], "steps": 0})
+        if e["ev"] == "entry":
+            a.update(entry=e["t"], proc_start=e["proc_start"], num_envs=e["num_envs"],
+                     logs_resume=e.get("logs_resume", True))
+        elif e["ev"] == "step":
+            a["steps"] = e["n"] - 1
+            a.setdefault("first_step", e["t"])
+        elif e["ev"] == "resumed":
+            a["restored"] = e["env_steps"]
+        elif e["ev"] == "stopped":
+            a["stopped_at"] = e["env_steps"]
+        elif e["ev"] == "stop_seen":
+            a.update(stop_seen=e["t"], signal_time=e.get("signal_time"))
+        elif e["ev"] == "return":
+            a.update(returned=e["t"], result=e["result"])
+        elif e["ev"] == "error":
+            a["error"] = e["error"]
+    order = sorted((a for a in attempts.values() if "entry" in a), key=lambda a: a["entry"])
+    lost = redone = 0
+    restart_s, commit_s, signal_s = [], [], []
+    for i, a in enumerate(order):
+        start = a.get("restored", 0)
+        a["reached"] = a.get("stopped_at", start + a["steps"] * a["num_envs"])
+        if i and "restored" in a:
+            redone += max(0, order[i - 1]["reached"] - a["restored"])
+            before = [c[1] for c in record["commits"] if c[0] < a["entry"]]
+            lost += max(0, max(before, default=0) - a["restored"])
+            if "first_step" in a:
+                restart_s.append(a["first_step"] - a["proc_start"])
+        elif i and a["logs_resume"]:  # a later attempt that restored nothing: every committed step is lost
+            lost += max((c[1] for c in record["commits"] if c[0] < a["entry"]), default=0)
+        if "stop_seen" in a and a.get("result") == "stopped":
+            commit_s.append(a["returned"] - a["stop_seen"])
+            if a.get("signal_time"):
+                signal_s.append(a["returned"] - float(a["signal_time"]))
+    fp = record.get("fingerprint")
+    diff = differences(fp, reference) if fp else ["unreadable"]
+    done = record.get("state") == "done"
+    delivered = sum(not f.get("missed") for f in record["notes"])
+    if record.get("kind") == "timeout":
+        delivered = max(0, len(order) - 1)  # Slurm's limit is the fault: one per requeued attempt
+    if record.get("kind") == "second_writer" and len(order) < 2:
+        delivered = 0  # the copy never entered while the first ran (records from before that was checked)
+    return {"identical": done and not diff, "differences": diff, "done": done,
+            "corrupt_restore": done and bool(diff), "failed_clearly": record.get("state") == "failed",
+            "interruptions": max(0, len(order) - 1), "lost_steps": lost, "redone_steps": redone,
+            "restart_s": restart_s, "stop_commit_s": commit_s, "signal_to_exit_s": signal_s,
+            "faults_delivered": delivered, "missed": bool(record["notes"]) and not delivered,
+            "error": record.get("error") or record.get("run_error")}
