@@ -48,7 +48,7 @@ test: setup ## fast unit and local end-to-end tests (no cluster, no container)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slurm: setup cluster-up ## tests against the real dev Slurm cluster (brings it up first)
-	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slurm and not chaos" $(PYTEST_ARGS)
 
 cluster-up: ## start the local dev Slurm cluster (root, Debian; idempotent; ~20 s fresh, <1 s when up)
 	bash slurm/dev-cluster/up.sh
@@ -83,6 +83,7 @@ bench-agent: setup ## agent train/act benchmark -> bench/results/agent.json
 	$(PY) -m bench.bench_agent $(BENCH_ARGS)
 
 chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind, compare to an uninterrupted run -> bench/results/chaos.json
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 lint: setup ## ruff over the packages, tests and benchmarks
