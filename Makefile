@@ -18,6 +18,8 @@ PROFILE ?=
 DETACH ?= 0
 JSON ?= 0
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+RECIPE ?= tmaze_passive_L20
 # 8 kinds x 8 trials x 2 faults: the >= 100 interruptions of the chaos target (1.5-2 h here)
 CHAOS_ARGS ?= --trials-per-kind 8 --faults-per-trial 2
 # docker/image.env: IMAGE_NAME, BASE_IMAGE, DEBIAN_SUITE, ARCHIVE_DIR (shared with docker/ and singularity/r2i.def)
@@ -25,7 +27,7 @@ include docker/image.env
 IMAGE_VARIANT ?= cpu
 
 .PHONY: help setup lock test test-slurm test-all cluster-up cluster-down submit status cancel resume \
-        bench bench-buffer bench-agent chaos lint docker sif test-container clean
+        bench bench-buffer bench-agent bench-learn chaos lint docker sif test-container clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -81,6 +83,9 @@ bench-buffer: setup ## replay buffer benchmark -> bench/results/buffer.json
 
 bench-agent: setup ## agent train/act benchmark -> bench/results/agent.json
 	$(PY) -m bench.bench_agent $(BENCH_ARGS)
+
+bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png
+	$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS)
 
 chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind, compare to an uninterrupted run -> bench/results/chaos.json
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
