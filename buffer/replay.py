@@ -12,9 +12,9 @@ import numpy as np
 
 from .codec import ShardCodec, checksum
 from .config import ReplayConfig, Schema
-from .durable import CHUNK_DIR, Durable, chunk_key
+from .durable import CHUNK_DIR, Durable
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, SchemaError, ScratchError
-from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids, split_object
+from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
@@ -71,6 +71,9 @@ class Replay(Persistence):
         self._commit_fut: Future | None = None
         self._lazy_thread: threading.Thread | None = None
         self._bg_error: BaseException | None = None
+        self._corrupt: dict[str, CorruptChunkError] = {}  # durable chunk key -> what its fetch found
+        self._bad_keys: set[str] = set()  # chunk keys known missing or corrupt: their manifests cannot restore
+        self._pinned: frozenset[str] = frozenset()  # manifests GC keeps until a lazy restore has verified
         self._closing = threading.Event()
         self._broken: str | None = None
         self.stats: dict = {}
@@ -201,13 +204,7 @@ class Replay(Persistence):
         if all(self._scratch.verify(f, w, k, int(info.size[w, j]), int(info.crc[w, j]))
                for j, f in enumerate(self.fields)):
             return
-        key = chunk_key(w, k, int(info.obj[w]))
-        data = self._durable.get(key)
-        parts = split_object(data, info.size[w])
-        if parts is None or any(checksum(p) != int(c) for p, c in zip(parts, info.crc[w], strict=True)):
-            raise CorruptChunkError(f"durable chunk {self._durable.url}/{key} referenced by manifest "
-                                    f"{self._restored_from} failed its checksum", key=key,
-                                    manifest=self._restored_from)
+        parts = self._fetch_chunk(w, k, info)
         for f, p in zip(self.fields, parts, strict=True):
             self._scratch.write(f, w, k, p)
 
@@ -373,11 +370,14 @@ class Replay(Persistence):
                 bad.add(e.key)
                 first_err = first_err or e
                 self._reset_state()
+                self._bg_error = None  # a fetch that found it during a full restore: this manifest is skipped
                 continue
             self._manifest_keys[mkey] = frozenset(keys)
+            self._bad_keys = bad | set(self._corrupt)
             self._sweep_durable(ms, parsed, listing)
             self._scratch.sweep(range(self._k_lo, self._k_hi))
             if self.cfg.lazy:
+                self._pinned = frozenset(k for _, _, k in ms)
                 self._lazy_thread = threading.Thread(target=self._lazy_fetch, name="replay-lazy", daemon=True)
                 self._lazy_thread.start()
             return Restored(m["commit"], extra, blobs)
