@@ -4,7 +4,8 @@ Layout under the root:
   writer.json                          current writer {token, generation}; a newer writer fences older ones
   chunks/<stream>/<k>-<crc>.bin        finished shard k of one stream, all fields concatenated; written once
   packs/<commit>-<gen>.pack            partial tails and caller blobs of one commit
-  manifests/<commit>-<gen>.json        the commit, written last (tmp + rename locally, one PUT elsewhere)
+  manifests/<commit>-<gen>.json        the commit, written last and write-once (tmp + link locally, a create-only
+                                       PUT elsewhere)
   quarantine/chunks/<stream>/<k>-<crc>.bin.<stamp>(.json)   a chunk that failed its checksum when fetched, moved
                                        out of chunks/ (kept, never deleted) with a JSON record of who found it where
 """

@@ -11,7 +11,7 @@ import numpy as np
 from .codec import checksum
 from .config import schema_to_json
 from .durable import PACK_DIR, chunk_key, manifest_key, pack_key
-from .errors import CorruptChunkError, DurableStoreError, ReplayError
+from .errors import CorruptChunkError, DurableStoreError, ReplayError, WriterFencedError
 from .manifest import FORMAT, ShardInfo, chunk_keys, decode_tables, encode_tables, split_object
 
 
@@ -76,8 +76,19 @@ class Persistence:
         }
         body = json.dumps(manifest, separators=(",", ":")).encode()
         mkey = manifest_key(s.commit, self._gen)
-        d.check_writer(self.token, self._gen)
-        d.put(mkey, body)
+        # Fencing: the token is read again once every byte of the commit is durable, right before the manifest
+        # appears (locally two syscalls later; elsewhere one create-only PUT later), and the manifest never
+        # replaces another. What is left: a writer taking over inside that gap still sees this manifest appear
+        # after its own take-over. It is a complete, verified commit of the same run, so a restore may use it;
+        # this writer learns of the fence at the check below and collects no garbage (a fenced writer's GC could
+        # drop the manifest the new writer restored). take_over() itself is a read-then-write of writer.json:
+        # two writers taking over at the same instant may both get generation g+1; the last writer.json wins,
+        # the other is fenced at its next check, and the exclusive create keeps their manifests apart.
+        try:
+            d.publish(mkey, body, check=lambda: d.check_writer(self.token, self._gen))
+        except FileExistsError as e:
+            raise WriterFencedError(f"manifest {d.url}/{mkey} already exists: another writer of generation "
+                                    f"{self._gen} published commit {s.commit}; commit aborted") from e
         d.sync_dirs([mkey])
         self._k_durable = max(self._k_durable, s.k_hi)
         self._last_commit = s.commit
@@ -88,6 +99,11 @@ class Persistence:
                           last_commit_bytes=new_bytes + len(pack) + len(body),
                           last_commit_pack_bytes=len(pack),
                           last_commit_manifest_bytes=len(body))
+        try:
+            d.check_writer(self.token, self._gen)
+        except WriterFencedError as e:
+            raise WriterFencedError(f"commit {s.commit} was published as {mkey}, but {e}; no garbage collected"
+                                    ) from e
         self._gc()
 
     def _keys_of(self, mkey: str) -> frozenset[str]:

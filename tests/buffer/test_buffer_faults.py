@@ -1,4 +1,4 @@
-"""Faults of the durable tier: a corrupt chunk found by a lazy restore, and GC around it."""
+"""Faults of the durable tier: a corrupt chunk found by a lazy restore, GC around it, and the writer fence."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from buffer import CorruptChunkError, Replay
+from buffer import CorruptChunkError, Replay, WriterFencedError
+from buffer.durable import Durable
 from buffer.manifest import chunk_keys
 from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step
 
@@ -175,6 +176,62 @@ def test_a_failure_of_the_lazy_fetch_thread_reaches_the_caller(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="no route to shard 1"):  # not a ReplayError: still not swallowed
         r3.add(make_step(40, 2))  # add reads nothing: only the thread's failure can make it raise
     r3.close()
+
+
+# --- writer fence ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["path", "memory"])
+def test_publish_is_write_once_and_checks_after_the_bytes_are_written(tmp_path, scheme):
+    url = str(tmp_path / "d") if scheme == "path" else f"memory://{tmp_path.name}/d"
+    d = Durable(url)
+    seen = []
+    d.publish("manifests/0000000001-000001.json", b"first", check=lambda: seen.append(
+        sorted(os.listdir(tmp_path / "d" / "manifests")) if scheme == "path" else "checked"))
+    if scheme == "path":  # the check runs when only the flushed temporary file exists
+        assert len(seen[0]) == 1 and seen[0][0].startswith("0000000001-000001.json.tmp-"), seen
+    with pytest.raises(FileExistsError):
+        d.publish("manifests/0000000001-000001.json", b"second", check=lambda: None)
+    assert d.get("manifests/0000000001-000001.json") == b"first"
+    assert [k for _, _, k in d.manifests()] == ["manifests/0000000001-000001.json"] and not d.stray_manifest_files()
+
+    def fenced():
+        raise WriterFencedError("fenced")
+
+    with pytest.raises(WriterFencedError):
+        d.publish("manifests/0000000002-000001.json", b"x", check=fenced)
+    assert [k for _, _, k in d.manifests()] == ["manifests/0000000001-000001.json"] and not d.stray_manifest_files()
+
+
+def test_a_commit_never_replaces_a_published_manifest(tmp_path):
+    # what two writers that raced to the same generation would do to each other (take_over is read-then-write)
+    d = tmp_path / "d"
+    a = make_replay(str(tmp_path / "sa"), str(d), token="a", **KW)
+    fill(a, 0, 20)
+    a.commit({"n": 1})
+    (d / "manifests" / "0000000002-000001.json").write_bytes(b"the other writer's commit 2")
+    with pytest.raises(WriterFencedError, match="0000000002-000001.json already exists"):
+        a.commit({"n": 2})
+    assert (d / "manifests" / "0000000002-000001.json").read_bytes() == b"the other writer's commit 2"
+    a.close()
+
+
+def test_a_take_over_during_the_publish_fences_the_writer_before_its_gc(tmp_path):
+    d = tmp_path / "d"
+    a = make_replay(str(tmp_path / "sa"), str(d), token="a", keep=1, **KW)
+    fill(a, 0, 20)
+    a.commit({"n": 1})
+    publish = a._durable.publish
+
+    def publish_then_lose_the_token(key, data, check):
+        publish(key, data, check)
+        Durable(str(d)).take_over("b")
+
+    a._durable.publish = publish_then_lose_the_token
+    fill(a, 20, 40)
+    with pytest.raises(WriterFencedError, match="commit 2 was published as manifests/0000000002-000001.json.*"
+                                                "no garbage collected"):
+        a.commit({"n": 2})
+    assert manifests(d) == ["0000000001-000001.json", "0000000002-000001.json"]  # keep=1, yet nothing dropped
+    a.close()
 
 
 def test_restore_skips_a_manifest_whose_chunk_vanished_after_listing(tmp_path, monkeypatch):
