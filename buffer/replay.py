@@ -18,6 +18,7 @@ from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
+from .scratchlock import ScratchLock
 
 
 class Restored(NamedTuple):
@@ -56,7 +57,14 @@ class Replay(Persistence):
             raise
         except OSError as e:
             raise DurableStoreError(f"durable URL {durable!r} is not usable: {e}") from e
-        self._scratch = Scratch(scratch, self.schema, num_streams, self.codec, config.zstd_level)
+        self._scratch_lock = ScratchLock(scratch)  # after the take-over: a second copy fences the first at once
+        try:
+            self._scratch = Scratch(self._scratch_lock.path, self.schema, num_streams, self.codec,
+                                    config.zstd_level)
+        except BaseException:
+            self._scratch_lock.release()
+            raise
+        self.scratch_dir = self._scratch_lock.path  # `scratch`, or a sibling while another process holds it
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="replay-io")
         self._commit_exec = ThreadPoolExecutor(1, thread_name_prefix="replay-commit")
         self._lock = threading.Lock()
@@ -396,6 +404,7 @@ class Replay(Persistence):
                 self._lazy_thread.join()
             self._commit_exec.shutdown(wait=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._scratch_lock.release()
 
     def __enter__(self) -> Replay:
         return self
