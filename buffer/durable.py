@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import time
 import uuid
@@ -24,9 +25,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import DurableStoreError, WriterFencedError
 
+log = logging.getLogger(__name__)
 MANIFEST_DIR, CHUNK_DIR, PACK_DIR, QUARANTINE_DIR = "manifests", "chunks", "packs", "quarantine"
 # link() is how a local write-once publish refuses to replace; filesystems without hard links say so with these
-_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
 
 def chunk_key(stream: int, k: int, obj_crc: int) -> str:
@@ -163,8 +165,11 @@ class Durable:
             moved = False  # another process moved it first: its record names it
         except OSError as e:
             raise DurableStoreError(f"moving corrupt {self.url}/{key} to {qkey}: {e}") from e
-        self.publish(f"{qkey}.json", json.dumps({**record, "key": key, "moved_to": qkey if moved else None,
-                                                 "time": time.time()}, indent=1).encode(), check=lambda: None)
+        body = json.dumps({**record, "key": key, "moved_to": qkey if moved else None, "time": time.time()}, indent=1)
+        try:
+            self.publish(f"{qkey}.json", body.encode(), check=lambda: None)
+        except DurableStoreError as e:  # the move is what restore relies on; the record is for people
+            log.warning("quarantined %s/%s as %s, but its record could not be written: %s", self.url, key, qkey, e)
         self.sync_dirs([key, qkey])
         return qkey
 
