@@ -362,7 +362,7 @@ class Replay(Persistence):
             parsed[mkey] = m
             check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner)
             keys = chunk_keys(m)
-            if keys.keys() & bad:
+            if keys.keys() & (bad | self._corrupt.keys()):
                 continue
             try:
                 for key, size in keys.items():
@@ -373,7 +373,12 @@ class Replay(Persistence):
                 blobs, extra = self._load(m, mkey)
                 if not self.cfg.lazy:
                     jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]
-                    list(self._pool.map(lambda wk: self._ensure_local(*wk), jobs))
+                    # every fetch ends before the next manifest is tried: none may write scratch or flag an
+                    # error for this one after that
+                    futs = [self._pool.submit(self._ensure_local, *wk) for wk in jobs]
+                    err = next((e for e in [f.exception() for f in futs] if e is not None), None)
+                    if err is not None:
+                        raise err
             except CorruptChunkError as e:
                 bad.add(e.key)
                 first_err = first_err or e

@@ -178,6 +178,22 @@ def test_a_failure_of_the_lazy_fetch_thread_reaches_the_caller(tmp_path, monkeyp
     r3.close()
 
 
+def test_a_full_restore_quarantines_every_corrupt_chunk_it_reads_and_falls_back_usable(tmp_path):
+    d = tmp_path / "d"
+    info1, _ = two_commits(tmp_path)
+    bad = [next((d / "chunks" / str(w)).glob("0000000003-*.bin")) for w in (0, 1)]
+    for p in bad:
+        corrupt_in_place(p)
+    r = make_replay(str(tmp_path / "s2"), str(d), token="w2", lazy=False, **KW)
+    got = r.restore()
+    assert (got.commit_id, r.info) == (1, info1)
+    assert not any(p.exists() for p in bad)
+    assert sorted(len(os.listdir(d / "quarantine" / "chunks" / str(w))) for w in (0, 1)) == [2, 2]
+    fill(r, 40, 50)  # the failed fetches of commit 2 left no error behind for the fallback
+    assert_batches_equal(r.read(0, 0, 50), expected(0, 0, 50, 2))
+    r.close()
+
+
 # --- writer fence ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["path", "memory"])
 def test_publish_is_write_once_and_checks_after_the_bytes_are_written(tmp_path, scheme):
