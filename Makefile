@@ -49,8 +49,8 @@ lock: ## re-resolve requirements.in into requirements.lock (in a scratch venv)
 test: setup ## fast unit and local end-to-end tests (no cluster, no container)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slurm: setup cluster-up ## tests against the real dev Slurm cluster (brings it up first)
-	$(PY) -m pytest -m "slurm and not chaos" $(PYTEST_ARGS)
+test-slurm: setup cluster-up ## tests against the real dev Slurm cluster (brings it up first), the chaos CI slice included
+	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 cluster-up: ## start the local dev Slurm cluster (root, Debian; idempotent; ~20 s fresh, <1 s when up)
 	bash slurm/dev-cluster/up.sh

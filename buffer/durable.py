@@ -4,22 +4,31 @@ Layout under the root:
   writer.json                          current writer {token, generation}; a newer writer fences older ones
   chunks/<stream>/<k>-<crc>.bin        finished shard k of one stream, all fields concatenated; written once
   packs/<commit>-<gen>.pack            partial tails and caller blobs of one commit
-  manifests/<commit>-<gen>.json        the commit, written last (tmp + rename locally, one PUT elsewhere)
+  manifests/<commit>-<gen>.json        the commit, written last and write-once (tmp + link locally, a create-only
+                                       PUT elsewhere)
+  quarantine/chunks/<stream>/<k>-<crc>.bin.<stamp>(.json)   a chunk that failed its checksum when fetched, moved
+                                       out of chunks/ (kept, never deleted) with a JSON record of who found it where
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import DurableStoreError, WriterFencedError
 
-MANIFEST_DIR, CHUNK_DIR, PACK_DIR = "manifests", "chunks", "packs"
+log = logging.getLogger(__name__)
+MANIFEST_DIR, CHUNK_DIR, PACK_DIR, QUARANTINE_DIR = "manifests", "chunks", "packs", "quarantine"
+# link() is how a local write-once publish refuses to replace; filesystems without hard links say so with these
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
 
 def chunk_key(stream: int, k: int, obj_crc: int) -> str:
@@ -88,6 +97,81 @@ class Durable:
                 self.fs.pipe_file(p, data)
         except OSError as e:
             raise DurableStoreError(f"writing {self.url}/{key}: {e}") from e
+
+    def publish(self, key: str, data: bytes, check: Callable[[], None]) -> None:
+        """Write-once `key`: the bytes are written and flushed first, then `check()` runs (the writer fence), then
+        the object appears whole, and never over an existing one (FileExistsError).
+
+        Locally that is tmp + fsync, check, link(tmp, key): the check is two syscalls away from the publish. On
+        a filesystem without hard links the last step is an exists() test and a rename (not exclusive). Elsewhere it
+        is check, then one create-only PUT (`pipe_file(mode="create")`): exclusive on stores with conditional writes
+        (s3fs If-None-Match, the memory fs), exists() then PUT on the rest.
+        """
+        p = self.path(key)
+        if not self.local:
+            check()
+            try:
+                self.fs.pipe_file(p, data, mode="create")
+            except FileExistsError:
+                raise
+            except OSError as e:
+                raise DurableStoreError(f"writing {self.url}/{key}: {e}") from e
+            return
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            check()
+            try:
+                os.link(tmp, p)
+            except OSError as e:
+                if e.errno not in _NO_LINK:
+                    raise
+                if os.path.exists(p):
+                    raise FileExistsError(errno.EEXIST, "exists", p) from e
+                os.replace(tmp, p)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise DurableStoreError(f"writing {self.url}/{key}: {e}") from e
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def quarantine(self, key: str, record: dict) -> str:
+        """Move a corrupt object out of the way to a new unique key under quarantine/ and write a record beside it.
+
+        Restore treats a manifest whose chunk is gone as unrestorable, so moving (not marking) is what makes every
+        later restore skip the manifests that reference it, and it frees `key` for a writer that regenerates the
+        same content (the key is a checksum of it). Locally the move is one rename; elsewhere fsspec's mv is copy +
+        delete: a crash between them leaves the corrupt object in place, found again at the next fetch.
+        """
+        stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        qkey = f"{QUARANTINE_DIR}/{key}.{stamp}"
+        moved = True
+        try:
+            if self.local:
+                os.makedirs(os.path.dirname(self.path(qkey)), exist_ok=True)
+                os.rename(self.path(key), self.path(qkey))
+            else:
+                self.fs.mv(self.path(key), self.path(qkey))
+        except FileNotFoundError:
+            moved = False  # another process moved it first: its record names it
+        except OSError as e:
+            raise DurableStoreError(f"moving corrupt {self.url}/{key} to {qkey}: {e}") from e
+        body = json.dumps({**record, "key": key, "moved_to": qkey if moved else None, "time": time.time()}, indent=1)
+        try:
+            self.publish(f"{qkey}.json", body.encode(), check=lambda: None)
+        except DurableStoreError as e:  # the move is what restore relies on; the record is for people
+            log.warning("quarantined %s/%s as %s, but its record could not be written: %s", self.url, key, qkey, e)
+        self.sync_dirs([key, qkey])
+        return qkey
 
     def sync(self, keys: list[str]) -> None:
         """fsync the files `keys` and their folders (local filesystems with fsync on; elsewhere a no-op)."""

@@ -12,12 +12,13 @@ import numpy as np
 
 from .codec import ShardCodec, checksum
 from .config import ReplayConfig, Schema
-from .durable import CHUNK_DIR, Durable, chunk_key
+from .durable import CHUNK_DIR, Durable
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, SchemaError, ScratchError
-from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids, split_object
+from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
+from .scratchlock import ScratchLock
 
 
 class Restored(NamedTuple):
@@ -56,7 +57,14 @@ class Replay(Persistence):
             raise
         except OSError as e:
             raise DurableStoreError(f"durable URL {durable!r} is not usable: {e}") from e
-        self._scratch = Scratch(scratch, self.schema, num_streams, self.codec, config.zstd_level)
+        self._scratch_lock = ScratchLock(scratch)  # after the take-over: a second copy fences the first at once
+        try:
+            self._scratch = Scratch(self._scratch_lock.path, self.schema, num_streams, self.codec,
+                                    config.zstd_level)
+        except BaseException:
+            self._scratch_lock.release()
+            raise
+        self.scratch_dir = self._scratch_lock.path  # `scratch`, or a sibling while another process holds it
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="replay-io")
         self._commit_exec = ThreadPoolExecutor(1, thread_name_prefix="replay-commit")
         self._lock = threading.Lock()
@@ -71,6 +79,9 @@ class Replay(Persistence):
         self._commit_fut: Future | None = None
         self._lazy_thread: threading.Thread | None = None
         self._bg_error: BaseException | None = None
+        self._corrupt: dict[str, CorruptChunkError] = {}  # durable chunk key -> what its fetch found
+        self._bad_keys: set[str] = set()  # chunk keys known missing or corrupt: their manifests cannot restore
+        self._pinned: frozenset[str] = frozenset()  # manifests GC keeps until a lazy restore has verified
         self._closing = threading.Event()
         self._broken: str | None = None
         self.stats: dict = {}
@@ -201,13 +212,7 @@ class Replay(Persistence):
         if all(self._scratch.verify(f, w, k, int(info.size[w, j]), int(info.crc[w, j]))
                for j, f in enumerate(self.fields)):
             return
-        key = chunk_key(w, k, int(info.obj[w]))
-        data = self._durable.get(key)
-        parts = split_object(data, info.size[w])
-        if parts is None or any(checksum(p) != int(c) for p, c in zip(parts, info.crc[w], strict=True)):
-            raise CorruptChunkError(f"durable chunk {self._durable.url}/{key} referenced by manifest "
-                                    f"{self._restored_from} failed its checksum", key=key,
-                                    manifest=self._restored_from)
+        parts = self._fetch_chunk(w, k, info)
         for f, p in zip(self.fields, parts, strict=True):
             self._scratch.write(f, w, k, p)
 
@@ -357,7 +362,7 @@ class Replay(Persistence):
             parsed[mkey] = m
             check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner)
             keys = chunk_keys(m)
-            if keys.keys() & bad:
+            if keys.keys() & (bad | self._corrupt.keys()):
                 continue
             try:
                 for key, size in keys.items():
@@ -368,16 +373,24 @@ class Replay(Persistence):
                 blobs, extra = self._load(m, mkey)
                 if not self.cfg.lazy:
                     jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]
-                    list(self._pool.map(lambda wk: self._ensure_local(*wk), jobs))
+                    # every fetch ends before the next manifest is tried: none may write scratch or flag an
+                    # error for this one after that
+                    futs = [self._pool.submit(self._ensure_local, *wk) for wk in jobs]
+                    err = next((e for e in [f.exception() for f in futs] if e is not None), None)
+                    if err is not None:
+                        raise err
             except CorruptChunkError as e:
                 bad.add(e.key)
                 first_err = first_err or e
                 self._reset_state()
+                self._bg_error = None  # a fetch that found it during a full restore: this manifest is skipped
                 continue
             self._manifest_keys[mkey] = frozenset(keys)
+            self._bad_keys = bad | set(self._corrupt)
             self._sweep_durable(ms, parsed, listing)
             self._scratch.sweep(range(self._k_lo, self._k_hi))
             if self.cfg.lazy:
+                self._pinned = frozenset(k for _, _, k in ms)
                 self._lazy_thread = threading.Thread(target=self._lazy_fetch, name="replay-lazy", daemon=True)
                 self._lazy_thread.start()
             return Restored(m["commit"], extra, blobs)
@@ -396,6 +409,7 @@ class Replay(Persistence):
                 self._lazy_thread.join()
             self._commit_exec.shutdown(wait=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._scratch_lock.release()
 
     def __enter__(self) -> Replay:
         return self

@@ -3,7 +3,9 @@
 The launch pickle holds only the run folder's path; everything else comes from `config.yaml` and the durable
 store, so a node-failure requeue that reruns the original pickle resumes correctly. Signal handlers only set a
 flag; the training entry stops at its next step boundary, commits, and returns "stopped"; the job then says by
-its exit status whether the host side should requeue it (`scontrol` is not inside containers).
+its exit status whether the host side should requeue it (`scontrol` is not inside containers). So does a
+CorruptChunkError (a durable chunk failed its checksum and the buffer quarantined it): the next attempt's restore
+falls back to the newest commit without that chunk.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.run_config import RunContext
+from buffer import CorruptChunkError, WriterFencedError
 from orchestrator import slurm
 from orchestrator.config import RootConfig, agent_run_config, load_run_config
 from orchestrator.sweep import RunPaths, read_json, run_paths, write_json_atomic
@@ -155,6 +158,10 @@ def run_job(run_dir: str) -> str:
     try:
         result = resolve_entry(cfg.run.entry)(agent_run_config(cfg), ctx)
     except BaseException as e:
+        corrupt = corrupt_chunk_cause(e)
+        if corrupt is not None:  # exits when a requeue is left
+            requeues = facts.restart_count if facts else len(state["attempts"]) - 1
+            _requeue_for_fallback(cfg, paths, state, attempt, kind, requeues, corrupt)
         state.update(state="failed", error=f"{type(e).__name__}: {e}", updated=time.time())
         attempt.update(end=time.time(), outcome="failed", traceback=traceback.format_exc()[-2000:])
         write_json_atomic(paths.state, state)
@@ -167,6 +174,37 @@ def run_job(run_dir: str) -> str:
         _log(f"run {run} done")
         return "done"
     return _after_stop(cfg, paths, state, attempt, flag, kind)
+
+
+def corrupt_chunk_cause(e: BaseException | None) -> CorruptChunkError | None:
+    """The CorruptChunkError that ended the entry, also under errors its cleanup raised on top; None without one,
+    or when the writer was fenced: then another copy of the job owns the run, and a requeue would fence it."""
+    found, seen = None, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WriterFencedError):
+            return None
+        if isinstance(e, CorruptChunkError) and found is None:
+            found = e
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def _requeue_for_fallback(cfg: RootConfig, paths: RunPaths, state: dict, attempt: dict, kind: str,
+                          requeues: int, err: CorruptChunkError) -> None:
+    """A durable chunk (or pack) failed its checksum: the buffer has quarantined it, so the next attempt's restore
+    falls back to the newest commit without it. Exit with the requeue status unless cluster.max_requeues is
+    used up (then return: the job fails with the error)."""
+    attempt.update(stop="corrupt_chunk", corrupt={"key": err.key, "manifest": err.manifest})
+    if requeues >= cfg.cluster.max_requeues:
+        _log(f"{err}; {requeues} requeues = cluster.max_requeues, not requeueing")
+        return
+    attempt.update(end=time.time(), outcome="corrupt_chunk", traceback=traceback.format_exc()[-2000:])
+    state.update(state="requeued", updated=time.time())
+    write_json_atomic(paths.state, state)
+    code = slurm.REQUEUE_EXIT if kind == "slurm" else LOCAL_REQUEUE_EXIT
+    _log(f"{err}; asking for a requeue (exit {code}): the next attempt restores an older commit")
+    sys.exit(code)
 
 
 def _after_stop(cfg: RootConfig, paths: RunPaths, state: dict, attempt: dict, flag: StopFlag, kind: str) -> str:

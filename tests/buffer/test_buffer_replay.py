@@ -312,15 +312,16 @@ def test_corrupt_chunk_referenced_by_every_manifest_names_chunk_and_manifest(tmp
     r.close()
     bad = next((d / "chunks" / "0").glob("0000000000-*.bin"))
     _corrupt(bad)
-    full = make_replay(str(tmp_path / "s2"), str(d), token="w2", lazy=False)
-    with pytest.raises(CorruptChunkError, match=rf"{bad.name}.*manifests/0000000002-"):
-        full.restore()
-    full.close()
     lazy = make_replay(str(tmp_path / "s3"), str(d), token="w3", lazy=True, prefetch=0)
     assert lazy.restore().extra == {"c": 2}  # sizes check out: the damage shows when the chunk is read
     with pytest.raises(CorruptChunkError, match=rf"{bad.name}.*manifests/0000000002-"):
         lazy.read(0, 0, 10)
     lazy.close()
+    assert not bad.exists()  # quarantined; every manifest references it, so there is nothing to fall back to
+    full = make_replay(str(tmp_path / "s2"), str(d), token="w2", lazy=False)
+    with pytest.raises(CorruptChunkError, match=rf"{bad.name}.*manifests/0000000002-.*missing"):
+        full.restore()
+    full.close()
 
 
 def test_a_lost_pack_falls_back_to_the_previous_commit(tmp_path):

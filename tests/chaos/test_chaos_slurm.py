@@ -15,8 +15,9 @@ from orchestrator.chaos import Settings, run_trial, verdict
 from orchestrator.config import REPO_ROOT
 from tests.orchestrator.orch_workload import WORKLOAD
 
-# `chaos` keeps it out of `make test-slurm` for now: two copies of a job on one node share a scratch folder, so
-# the older copy can die of a swept file instead of the writer fence this test asserts (README, known gaps).
+# `make test-slurm` runs it as a `slurm` test and `make chaos` as its first step. The second copy of the job
+# works in a scratch folder of its own (the buffer's per-process scratch lock), so the older copy ends at the
+# writer fence this test asserts, not on a shard file the newer one swept.
 pytestmark = [pytest.mark.slurm, pytest.mark.chaos, pytest.mark.usefixtures("slurm_cluster")]
 
 SETTINGS = Settings(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 try:
-    from buffer import FieldSpec, Replay
+    from buffer import CorruptChunkError, FieldSpec, Replay, WriterFencedError
 except ImportError:  # pragma: no cover - only before the buffer package exists
     Replay = None
 
@@ -154,3 +154,22 @@ def final_learner(cfg_seed: int, steps: int) -> dict[str, Any]:
         _step(s, rng)
     s["rng"] = rng.bit_generator.state
     return s
+
+
+CORRUPT = "tests.orchestrator.orch_workload:corrupt_chunk"
+FENCED_AFTER_CORRUPT = "tests.orchestrator.orch_workload:fenced_after_corrupt_chunk"
+
+
+def corrupt_chunk(cfg: Any, ctx: Any) -> str:
+    """An entry whose replay finds a corrupt durable chunk, as a lazy fetch would."""
+    raise CorruptChunkError("durable chunk chunks/0/0000000003-0badc0de.bin referenced by manifest "
+                            "manifests/0000000002-000001.json failed its checksum twice",
+                            key="chunks/0/0000000003-0badc0de.bin", manifest="manifests/0000000002-000001.json")
+
+
+def fenced_after_corrupt_chunk(cfg: Any, ctx: Any) -> str:
+    """The same, but closing the replay then finds that a newer copy of the job fenced this one."""
+    try:
+        return corrupt_chunk(cfg, ctx)
+    except CorruptChunkError as e:
+        raise WriterFencedError(f"writer {ctx.writer_token!r} was fenced while closing") from e

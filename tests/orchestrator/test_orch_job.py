@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
 
 import pytest
 
+from buffer import CorruptChunkError, WriterFencedError
+from buffer.manifest import chunk_keys
 from orchestrator.compose import compose_runs
 from orchestrator.job import LOCAL_REQUEUE_EXIT, StopFlag, run_job
 from orchestrator.slurm import REQUEUE_EXIT
 from orchestrator.status import latest_commit
 from orchestrator.sweep import Request, create_sweep, read_json
-from tests.orchestrator.orch_workload import WORKLOAD, final_learner
+from tests.orchestrator.orch_workload import CORRUPT, FENCED_AFTER_CORRUPT, WORKLOAD, final_learner
 
 SCONTROL = ('echo "JobId=42 JobState={state} Reason=None Restarts=0 EndTime=2099-01-01T00:00:00 '
             'PreemptTime={preempt} Partition=low"')
@@ -146,3 +149,63 @@ def test_stop_flag_falls_back_to_slurms_end_time():
     flag.handler(signal.SIGUSR2)
     flag.handler(signal.SIGTERM)  # the first signal is the one that counts
     assert flag() and flag.signal == "SIGUSR2"
+
+
+@pytest.mark.parametrize("cluster, restarts, max_requeues, entry, outcome", [
+    ("slurm", 0, 3, CORRUPT, REQUEUE_EXIT),
+    ("slurm", 2, 3, CORRUPT, REQUEUE_EXIT),
+    ("slurm", 3, 3, CORRUPT, CorruptChunkError),  # the requeues are used up: the job fails with the error
+    ("local", 0, 3, CORRUPT, LOCAL_REQUEUE_EXIT),
+    ("slurm", 0, 3, FENCED_AFTER_CORRUPT, WriterFencedError),  # another copy owns the run: never requeue
+])
+def test_a_corrupt_chunk_asks_for_a_requeue_within_the_limit(root, monkeypatch, cluster, restarts, max_requeues,
+                                                             entry, outcome):
+    for var in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "R2I_FACTS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    if cluster == "slurm":
+        monkeypatch.setenv("SLURM_JOB_ID", "42")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+    run_dir = make_run(root, 100, f"run.entry={entry} cluster.max_requeues={max_requeues}")
+    if isinstance(outcome, int):
+        with pytest.raises(SystemExit) as exit_:
+            run_job(run_dir)
+        assert exit_.value.code == outcome
+    else:
+        with pytest.raises(outcome):
+            run_job(run_dir)
+    state = read_json(root / "job" / "s3" / "state.json")
+    want = "requeued" if isinstance(outcome, int) else "failed"
+    assert state["state"] == want, state
+    if entry == CORRUPT:
+        a = state["attempts"][-1]
+        assert (a["stop"], a["corrupt"]["key"]) == ("corrupt_chunk", "chunks/0/0000000003-0badc0de.bin")
+
+
+def test_a_chunk_corrupted_on_disk_is_requeued_and_the_rerun_ends_in_the_uninterrupted_result(
+        root, monkeypatch, signal_after_first_log):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.004")
+    for var in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "R2I_FACTS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    # 32-step chunks, a commit every ~30 ms and every manifest kept: the first stop (after step 50) leaves
+    # commits from before chunk 0 was finished, the fallback once chunk 0 is found corrupt
+    run_dir = make_run(root, 400, "replay.chunk=32 replay.inner=16 replay.keep=1000 train.commit_every_min=0.0005")
+    signal_after_first_log(run_dir, signal.SIGUSR2)
+    with pytest.raises(SystemExit) as exit_:
+        run_job(run_dir)
+    assert exit_.value.code == LOCAL_REQUEUE_EXIT
+    durable = f"{run_dir}/durable"
+    newest = sorted(os.listdir(f"{durable}/manifests"))[-1]
+    (key,) = chunk_keys(json.loads(open(f"{durable}/manifests/{newest}").read()))
+    with open(f"{durable}/{key}", "r+b") as f:  # same size, other bytes: only the checksum can tell
+        f.seek(40)
+        f.write(b"\xde\xad\xbe\xef")
+    shutil.rmtree(read_json(root / "job" / "s3" / "run.json")["scratch"])  # a new node: fetch from durable
+    with pytest.raises(SystemExit) as exit_:
+        run_job(run_dir)
+    assert exit_.value.code == LOCAL_REQUEUE_EXIT
+    state = read_json(root / "job" / "s3" / "state.json")
+    assert state["state"] == "requeued" and state["attempts"][-1]["corrupt"]["key"] == key
+    assert not os.path.exists(f"{durable}/{key}") and os.listdir(f"{durable}/quarantine/chunks/0")
+    assert run_job(run_dir) == "done"
+    got = json.loads((root / "job" / "s3" / "logs" / "final_learner.json").read_text())
+    assert got == json.loads(json.dumps(final_learner(3, 400)))
