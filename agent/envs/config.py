@@ -29,7 +29,11 @@ class EnvConfig:
     episode_length: int = 0  # 0: the shortest episode that can succeed (L + 1 passive, L + 3 active)
     goal_reward: float = 1.0  # entering the arm the cue pointed to
     wrong_reward: float = 0.0  # entering the other arm (0 as in Ni et al.)
-    step_penalty: float | None = None  # per step behind schedule; None: -1 / (episode_length - 1)
+    step_penalty: float | None = None  # per penalised step; None: -1 / (episode_length - 1)
+    # which corridor steps cost `step_penalty`: "behind" = behind the fastest schedule, x < t - o (Ni et al.);
+    # "stall" = every step that does not move right, so each step's signal is local (learnable from a random
+    # policy: after one detour "behind" penalises every later step whatever the agent does)
+    penalty_rule: str = "behind"
     # Memory Maze
     render_backend: str = ""  # "": respect MUJOCO_GL, else egl when libEGL exists, else osmesa
     fast_contacts: bool = True  # vectorised TargetSphere contact loop (bit-identical, ~2.5x faster)
@@ -48,6 +52,8 @@ class EnvConfig:
                 raise EnvConfigError(
                     f"env.episode_length={self.episode_length} is shorter than the {shortest} steps "
                     f"a T-Maze {self.id} with memory_length={self.memory_length} needs")
+            if self.penalty_rule not in ("behind", "stall"):
+                raise EnvConfigError(f"env.penalty_rule={self.penalty_rule!r} must be 'behind' or 'stall'")
             if self.step_penalty is not None and self.step_penalty > 0:
                 raise EnvConfigError(f"env.step_penalty={self.step_penalty} must be <= 0")
         elif self.kind == "popgym":

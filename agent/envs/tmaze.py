@@ -15,8 +15,9 @@ Actions (4): 0 right, 1 up, 2 left, 3 down.
 Observation `vector` f32 (4,): [x / (o+L), y, cue (only on first oracle visit, else 0), at junction].
 Reward: `goal_reward` (+1) for the arm the cue pointed to, `wrong_reward` (0) for the other; on every other
 step, `step_penalty` (default -1/(T-1)) when the agent is behind the fastest schedule, i.e. x < t - o after
-t steps (Ni et al.'s shaping, so the corridor is learnable without blind exploration). The optimal return is
-exactly `goal_reward`. Episodes end with terminated=True on entering an arm or after T = episode_length
+t steps (Ni et al.'s shaping, `penalty_rule=behind`), or, with `penalty_rule=stall`, on every step that does not
+increase x. The optimal return is exactly `goal_reward` (passive; active with `stall`: one penalty for the step
+left to the oracle). Episodes end with terminated=True on entering an arm or after T = episode_length
 steps (default the shortest possible: L+1 passive, L+3 active); truncated is always False.
 Success = entered the correct arm. Deterministic: the cue is drawn from the episode seed only.
 """
@@ -68,6 +69,7 @@ class TMaze:
         if s is None or s["done"]:
             raise EnvError("TMaze.step called before reset or after the episode ended")
         dx, dy = _MOVES[check_action(action, self.num_actions)]
+        x_before = s["x"]
         x, y = s["x"] + dx, s["y"] + dy
         in_corridor = dy == 0 and 0 <= x <= self.junction
         into_arm = dx == 0 and s["x"] == self.junction
@@ -81,7 +83,8 @@ class TMaze:
             reward = self.cfg.goal_reward if s["success"] else self.cfg.wrong_reward
             s["done"] = True
         else:
-            reward = self.penalty if s["x"] < s["t"] - self.oracle else 0.0
+            behind = s["x"] <= x_before if self.cfg.penalty_rule == "stall" else s["x"] < s["t"] - self.oracle
+            reward = self.penalty if behind else 0.0
             s["done"] = s["t"] >= self.horizon
         return self._obs(), float(reward), s["done"], False
 
@@ -90,7 +93,7 @@ class TMaze:
         return None if self._state is None else bool(self._state["success"])
 
     def _config_key(self) -> list:
-        return [self.cfg.id, self.cfg.memory_length, self.horizon]
+        return [self.cfg.id, self.cfg.memory_length, self.horizon, self.cfg.penalty_rule]
 
     def snapshot(self) -> bytes:
         if self._state is None:

@@ -79,6 +79,17 @@ def test_tmaze_dawdling_costs_the_schedule_penalty_and_times_out():
     assert all(o[2] == 0 for o in obs)  # revisiting the oracle does not show the cue again
 
 
+def test_tmaze_stall_rule_penalises_each_step_that_does_not_move_right():
+    env = tmaze("passive", 3, episode_length=7, penalty_rule="stall")  # penalty -1/6 per stalled step
+    env.reset(0)
+    _, rew, ends = run(env, [UP, RIGHT, LEFT, RIGHT, RIGHT, RIGHT, RIGHT])
+    # x after each step: 0 (blocked), 1, 0, 1, 2, 3, 3 (RIGHT at the junction is blocked)
+    assert rew == pytest.approx([-1 / 6, 0, -1 / 6, 0, 0, 0, -1 / 6])
+    assert [e[0] for e in ends] == [False] * 6 + [True] and env.success is False
+    with pytest.raises(EnvConfigError, match="penalty_rule"):
+        EnvConfig(kind="tmaze", penalty_rule="late")
+
+
 @pytest.mark.parametrize("goal", [1, -1])
 def test_tmaze_active_must_step_back_for_the_cue(goal):
     env = tmaze("active", 2)  # oracle at x=0, start x=1, junction x=3, horizon 5
