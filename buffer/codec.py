@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from google_crc32c import value as _crc32c
 from numcodecs import Zstd
+from numcodecs import zstd as _nz
 from xxhash import xxh3_64_intdigest
 
 from .config import FieldSpec
@@ -103,11 +104,15 @@ class ShardCodec:
         return index
 
     def decode_inner(self, enc: bytes | memoryview, out: np.ndarray, where: str) -> None:
-        """Decode one inner chunk (zstd bytes + crc32c) into `out` ((inner, *shape), contiguous)."""
-        body, c = enc[:-4], int.from_bytes(bytes(enc[-4:]), "little")
-        if crc32c(body) != c:
+        """Decode one inner chunk (zstd bytes + crc32c) into `out` ((inner, *shape), contiguous).
+
+        Calls numcodecs' C `decompress` on a zero-copy view: the `Zstd` codec wrapper and slicing `bytes` cost
+        about as much as decoding a small field's inner chunk. The decode itself runs without the GIL.
+        """
+        buf = np.frombuffer(enc, np.uint8)
+        if len(buf) < 4 or crc32c(buf[:-4]) != int.from_bytes(buf[-4:].tobytes(), "little"):
             raise CorruptChunkError(f"inner chunk checksum mismatch in {where}")
-        self._zstd.decode(body, out=_out_view(out))
+        _nz.decompress(buf[:-4], _out_view(out))
 
     def encode_tail(self, steps: np.ndarray) -> bytes:
         """A partial tail (n, *shape): one zstd frame, checksummed by the manifest."""
