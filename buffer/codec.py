@@ -80,15 +80,21 @@ class ShardCodec:
     def encode(self, steps: np.ndarray) -> bytes:
         """steps: (chunk, *shape), C-contiguous little-endian -> shard bytes."""
         assert steps.shape[0] == self.chunk, (steps.shape, self.chunk)
-        parts, index, off = [], np.empty((self.n_inner, 2), "<u8"), 0
-        for j in range(self.n_inner):
-            enc = self._zstd.encode(_bytes_view(steps[j * self.inner:(j + 1) * self.inner]))
-            parts += [enc, crc32c(enc).to_bytes(4, "little")]
-            index[j] = (off, len(enc) + 4)
-            off += len(enc) + 4
+        return self.assemble([self.encode_inner(steps[j * self.inner:(j + 1) * self.inner])
+                              for j in range(self.n_inner)])
+
+    def encode_inner(self, steps: np.ndarray) -> bytes:
+        """One inner chunk (inner, *shape) -> zstd frame + crc32c, as it appears inside a shard."""
+        enc = self._zstd.encode(_bytes_view(steps))
+        return enc + crc32c(enc).to_bytes(4, "little")
+
+    def assemble(self, parts: list[bytes]) -> bytes:
+        """Shard bytes from its n_inner encoded inner chunks (encode_inner): the chunks, then the index."""
+        assert len(parts) == self.n_inner, (len(parts), self.n_inner)
+        sizes = np.array([len(p) for p in parts], "<u8")
+        index = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1).astype("<u8")
         ib = index.tobytes()
-        parts += [ib, crc32c(ib).to_bytes(4, "little")]
-        return b"".join(parts)
+        return b"".join([*parts, ib, crc32c(ib).to_bytes(4, "little")])
 
     def index_nbytes(self) -> int:
         return self.n_inner * 16 + 4

@@ -122,21 +122,43 @@ class Replay(Persistence):
                                   f"{dtype}{list(shape)}")
             tail[:, i] = v
         self._t += 1
+        if (i + 1) % self.codec.inner == 0:
+            self._inner_enc[i // self.codec.inner] = self._encode_inner(i // self.codec.inner)
         if i + 1 == self.cfg.chunk:
             self._finish_shard()
         if self._t > self.cap_per_stream or self._pending_delete:
             self._evict()
 
+    def _encode_inner(self, j: int) -> tuple[int, list[Future]]:
+        """Start encoding inner chunk j of the open shard, every stream and field, in the pool: by the time
+        the shard is full only its last inner chunk is left to encode, so add() rarely waits for zstd and a
+        second core encodes while the caller adds. Rows of a finished inner chunk do not change until the
+        shard is written (_finish_shard waits for these jobs before the tail is reused)."""
+        inner, k = self.codec.inner, self._k_hi
+
+        def encode(w: int) -> list[bytes]:
+            return [self.codec.encode_inner(self._tail[f][w, j * inner:(j + 1) * inner]) for f in self.fields]
+
+        return k, [self._pool.submit(encode, w) for w in range(self.num_streams)]
+
     def _finish_shard(self) -> None:
         k, W = self._k_hi, self.num_streams
+        pending, self._inner_enc = self._inner_enc, {}
+        # after a restore, the inner chunks the restored tail already filled were never encoded
+        pending = {j: pending[j] if pending.get(j, (None,))[0] == k else self._encode_inner(j)
+                   for j in range(self.codec.n_inner)}
+        try:  # wait here, not in pool jobs: a job waiting on jobs queued behind it would deadlock the pool
+            enc = [[fut.result() for fut in pending[j][1]] for j in range(self.codec.n_inner)]
+        except BaseException as e:
+            self._broken = f"encoding shard {k} failed: {e!r}"
+            raise
 
-        def encode_write(w: int, f: str) -> tuple[int, int]:
-            data = self.codec.encode(self._tail[f][w])
-            self._scratch.write(f, w, k, data)
+        def write(w: int, fi: int) -> tuple[int, int]:
+            data = self.codec.assemble([enc[j][w][fi] for j in range(self.codec.n_inner)])
+            self._scratch.write(self.fields[fi], w, k, data)
             return len(data), checksum(data)
 
-        jobs = {(w, j): self._pool.submit(encode_write, w, f)
-                for w in range(W) for j, f in enumerate(self.fields)}
+        jobs = {(w, fi): self._pool.submit(write, w, fi) for w in range(W) for fi in range(len(self.fields))}
         size, crc = np.zeros((W, len(self.fields)), np.uint32), np.zeros((W, len(self.fields)), np.uint32)
         try:
             for (w, j), fut in jobs.items():
