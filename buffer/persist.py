@@ -48,11 +48,14 @@ class Persistence:
             return key, len(data)
 
         tails = [(w, f) for w in range(W) for f in self.fields if s.tails[f].shape[1]]
-        encoded = [self._pool.submit(self.codec.encode_tail, s.tails[f][w]) for w, f in tails]
-        uploads = list(self._pool.map(lambda wk: upload(*wk), [(w, k) for k in s.new for w in range(W)]))
+        # Uploads are I/O and go to the pool; the tails are encoded here meanwhile (zstd is CPU): queued ahead
+        # of the uploads in the pool, they used to hold every upload back.
+        futs = [self._pool.submit(upload, w, k) for k in s.new for w in range(W)]
+        encoded = [self.codec.encode_tail(s.tails[f][w]) for w, f in tails]
+        uploads = [fut.result() for fut in futs]
         entries, parts, off = {}, [], 0
-        for (w, f), fut in zip(tails, encoded, strict=True):
-            parts.append(fut.result())
+        for (w, f), enc in zip(tails, encoded, strict=True):
+            parts.append(enc)
             entries[f"tail/{w}/{f}"] = [off, len(parts[-1]), checksum(parts[-1])]
             off += len(parts[-1])
         for name, b in sorted(s.blobs.items()):

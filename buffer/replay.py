@@ -379,7 +379,9 @@ class Replay(Persistence):
             commit=c, t=self._t, lo=self._lo, k_lo=self._k_lo, k_hi=self._k_hi,
             shards={k: self._shards[k] for k in range(self._k_lo, self._k_hi)},
             new=range(max(self._k_durable, self._k_lo), self._k_hi),
-            tails={f: self._tail[f][:, :n].copy() for f in self.fields}, draws=self._draws,
+            # a background commit must not see later adds; a foreground one can read the tail in place
+            tails={f: self._tail[f][:, :n].copy() if background else self._tail[f][:, :n] for f in self.fields},
+            draws=self._draws,
             extra=extra, blobs={k: bytes(v) for k, v in blobs.items()})
         if background:
             self._commit_fut = self._commit_exec.submit(self._do_commit, snap)
