@@ -125,7 +125,8 @@ class ShardCodec:
         return self._zstd.encode(_bytes_view(steps))
 
     def decode_tail(self, enc: bytes, out: np.ndarray) -> None:
-        self._zstd.decode(enc, out=_out_view(out))
+        """A tail written as one frame or as several concatenated ones (zstd decodes them in sequence)."""
+        _nz.decompress(enc, _out_view(out))
 
 
 def _bytes_view(a: np.ndarray) -> np.ndarray:

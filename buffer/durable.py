@@ -85,9 +85,10 @@ class Durable:
         return f"{self.root}/{key}"
 
     # --- objects -----------------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes, *, fsync: bool | None = None) -> None:
+    def put(self, key: str, data: bytes | list[bytes], *, fsync: bool | None = None) -> None:
         """Write one whole object; locally via tmp + rename so a reader never sees a torn file.
 
+        data may be a list of parts, written in order (locally without joining them into one copy first).
         fsync=False defers the flush to `sync()`: chunks are flushed together before the manifest is written.
         """
         p = self.path(key)
@@ -96,7 +97,7 @@ class Durable:
                 os.makedirs(os.path.dirname(p), exist_ok=True)
                 tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
                 with open(tmp, "wb") as f:
-                    f.write(data)
+                    f.writelines([data] if isinstance(data, bytes | bytearray | memoryview) else data)
                     if self.fsync if fsync is None else fsync:
                         f.flush()
                         os.fsync(f.fileno())
@@ -105,7 +106,7 @@ class Durable:
                         start_writeback(f.fileno())
                 os.replace(tmp, p)
             else:
-                self.fs.pipe_file(p, data)
+                self.fs.pipe_file(p, data if isinstance(data, bytes | bytearray | memoryview) else b"".join(data))
         except OSError as e:
             raise DurableStoreError(f"writing {self.url}/{key}: {e}") from e
 

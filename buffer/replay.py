@@ -373,6 +373,11 @@ class Replay(Persistence):
         except (TypeError, ValueError) as e:
             raise ValueError(f"commit: extra is not JSON-serialisable: {e}") from e
         n = self._t - self._k_hi * self.cfg.chunk
+        for j in range(n // self.codec.inner):  # after a restore these were never encoded; the shard reuses them
+            if self._inner_enc.get(j, (None,))[0] != self._k_hi:
+                self._inner_enc[j] = self._encode_inner(j)
+        tail_inner = {w: [self._inner_enc[j][1][w] for j in range(n // self.codec.inner)]
+                      for w in range(self.num_streams)}
         c = self._next_commit
         self._next_commit += 1
         snap = _Snapshot(
@@ -382,7 +387,7 @@ class Replay(Persistence):
             # a background commit must not see later adds; a foreground one can read the tail in place
             tails={f: self._tail[f][:, :n].copy() if background else self._tail[f][:, :n] for f in self.fields},
             draws=self._draws,
-            extra=extra, blobs={k: bytes(v) for k, v in blobs.items()})
+            extra=extra, blobs={k: bytes(v) for k, v in blobs.items()}, tail_inner=tail_inner)
         if background:
             self._commit_fut = self._commit_exec.submit(self._do_commit, snap)
         else:

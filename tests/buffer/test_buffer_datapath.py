@@ -119,3 +119,38 @@ def test_deferred_fsync_put_starts_writeback_and_keeps_bytes(tmp_path):
     assert d.get("chunks/0/x.bin") == payload
     with open(tmp_path / "f", "wb") as fh:  # harmless on any file, also an empty one
         start_writeback(fh.fileno())
+
+
+def test_tail_decodes_from_one_frame_or_from_inner_frames_plus_the_rest():
+    codec = ShardCodec(16, 4, 1)
+    steps = np.random.default_rng(0).integers(0, 5, (11, 6, 6, 3)).astype(np.uint8)
+    frames = b"".join(codec.encode_inner(steps[j * 4:(j + 1) * 4])[:-4] for j in range(2))
+    for enc in (codec.encode_tail(steps), frames + codec.encode_tail(steps[8:])):  # before / since reuse
+        out = np.empty_like(steps)
+        codec.decode_tail(enc, out)
+        assert out.tobytes() == steps.tobytes()
+
+
+def test_commit_reuses_inner_frames_for_the_tail_and_restores_exactly(tmp_path):
+    a = make_replay(str(tmp_path / "sa"), str(tmp_path / "da"), capacity=2 * 400)
+    fill(a, 0, 27)  # tail of 11: 2 full inner chunks (already encoded by add) + 3 steps
+    a.commit({}, background=True)
+    fill(a, 27, 30)  # a background commit must not see these
+    a.wait()
+    a.close()
+    b = make_replay(str(tmp_path / "sb"), str(tmp_path / "da"), capacity=2 * 400, token="b")
+    b.restore()
+    assert b.info["t"] == 27
+    for w in range(2):
+        assert_batches_equal(b.read(w, 0, 27), expected(w, 0, 27, 2))
+    b.commit({})  # the restored tail's inner chunks are encoded now, then reused by the shard
+    fill(b, 27, 40)
+    for w in range(2):
+        assert_batches_equal(b.read(w, 0, 40), expected(w, 0, 40, 2))
+    b.close()
+
+
+def test_put_writes_a_list_of_parts_as_one_object(tmp_path):
+    d = Durable(str(tmp_path / "d"), fsync=False)
+    d.put("chunks/1/y.bin", [b"ab", b"", b"cde"])
+    assert d.get("chunks/1/y.bin") == b"abcde"
