@@ -50,7 +50,8 @@ class ReplayConfig:
     lazy: restore() returns before every chunk is on scratch; missing chunks are fetched on demand.
     threads: worker threads for chunk encode/decode and durable transfers.
     fsync: fsync durable files (local filesystems) before publishing the manifest.
-    cache_mb: decoded inner chunks kept in RAM (LRU), filled by sampling and by prefetch.
+    cache_mb: decoded inner chunks kept in RAM (LRU), filled by prefetch; sample() copies hits and decodes
+      misses straight into the batch (they are not cached).
     """
 
     capacity: int

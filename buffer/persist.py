@@ -27,6 +27,8 @@ class _Snapshot(NamedTuple):
     draws: int
     extra: dict
     blobs: dict[str, bytes]
+    # per stream, the jobs that encoded the tail's full inner chunks (encode_inner of every field, in order)
+    tail_inner: dict[int, list] | None = None
 
 
 class Persistence:
@@ -43,16 +45,19 @@ class Persistence:
                 raise CorruptChunkError(f"scratch shard {k} of stream {w} changed since it was written; "
                                         "nothing was published", key=f"scratch:{w}/{k}", manifest="(commit)")
             key = chunk_key(w, k, int(info.obj[w]))
-            data = b"".join(parts)
-            d.put(key, data, fsync=False)  # flushed together below, before the manifest
-            return key, len(data)
+            d.put(key, parts, fsync=False)  # flushed together below, before the manifest
+            return key, sum(map(len, parts))
 
         tails = [(w, f) for w in range(W) for f in self.fields if s.tails[f].shape[1]]
-        encoded = [self._pool.submit(self.codec.encode_tail, s.tails[f][w]) for w, f in tails]
-        uploads = list(self._pool.map(lambda wk: upload(*wk), [(w, k) for k in s.new for w in range(W)]))
+        # This thread starts uploading at once and pool workers join as they come free: submitted to the pool
+        # alone, the uploads queued behind add()'s pending inner-chunk encodes.
+        uploads: list[tuple[str, int]] = []
+        self._parallel(lambda wk: uploads.append(upload(*wk)), [(w, k) for k in s.new for w in range(W)],
+                       lambda: None)
+        encoded = [self._tail_bytes(s, w, f) for w, f in tails]
         entries, parts, off = {}, [], 0
-        for (w, f), fut in zip(tails, encoded, strict=True):
-            parts.append(fut.result())
+        for (w, f), enc in zip(tails, encoded, strict=True):
+            parts.append(enc)
             entries[f"tail/{w}/{f}"] = [off, len(parts[-1]), checksum(parts[-1])]
             off += len(parts[-1])
         for name, b in sorted(s.blobs.items()):
@@ -105,6 +110,18 @@ class Persistence:
             raise WriterFencedError(f"commit {s.commit} was published as {mkey}, but {e}; no garbage collected"
                                     ) from e
         self._gc()
+
+    def _tail_bytes(self, s: _Snapshot, w: int, f: str) -> bytes:
+        """Pack entry of one stream's tail: the zstd frames add() already made for its full inner chunks
+        (without their crc32c; the pack has its own checksum), then one frame for the rest. Re-encoding the
+        whole tail at every commit was most of a commit's CPU and of an empty commit's time; decode_tail
+        reads concatenated frames as one."""
+        jobs = (s.tail_inner or {}).get(w, [])
+        fi, a = self.fields.index(f), len(jobs) * self.codec.inner
+        parts = [job.result()[fi][:-4] for job in jobs]
+        if s.tails[f].shape[1] > a:
+            parts.append(self.codec.encode_tail(s.tails[f][w, a:]))
+        return b"".join(parts)
 
     def _keys_of(self, mkey: str) -> frozenset[str]:
         if mkey not in self._manifest_keys:

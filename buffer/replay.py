@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -68,6 +69,8 @@ class Replay(Persistence):
         self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="replay-io")
         self._commit_exec = ThreadPoolExecutor(1, thread_name_prefix="replay-commit")
         self._lock = threading.Lock()
+        self._tls = threading.local()  # per-thread decode buffer of _fill
+        self._inner_enc: dict[int, tuple[int, list[Future]]] = {}  # j -> (shard, per-stream encode jobs)
         self._cache = InnerCache(config.cache_mb * 2**20, self._pool, self._load_inner,
                                  config.inner * sum(s.step_bytes for s in schema.values()))
         self._tail = {f: np.zeros((num_streams, config.chunk, *s.shape), s.dtype) for f, s in schema.items()}
@@ -130,21 +133,43 @@ class Replay(Persistence):
                                   f"{dtype}{list(shape)}")
             tail[:, i] = v
         self._t += 1
+        if (i + 1) % self.codec.inner == 0:
+            self._inner_enc[i // self.codec.inner] = self._encode_inner(i // self.codec.inner)
         if i + 1 == self.cfg.chunk:
             self._finish_shard()
         if self._t > self.cap_per_stream or self._pending_delete:
             self._evict()
 
+    def _encode_inner(self, j: int) -> tuple[int, list[Future]]:
+        """Start encoding inner chunk j of the open shard, every stream and field, in the pool: by the time
+        the shard is full only its last inner chunk is left to encode, so add() rarely waits for zstd and a
+        second core encodes while the caller adds. Rows of a finished inner chunk do not change until the
+        shard is written (_finish_shard waits for these jobs before the tail is reused)."""
+        inner, k = self.codec.inner, self._k_hi
+
+        def encode(w: int) -> list[bytes]:
+            return [self.codec.encode_inner(self._tail[f][w, j * inner:(j + 1) * inner]) for f in self.fields]
+
+        return k, [self._pool.submit(encode, w) for w in range(self.num_streams)]
+
     def _finish_shard(self) -> None:
         k, W = self._k_hi, self.num_streams
+        pending, self._inner_enc = self._inner_enc, {}
+        # after a restore, the inner chunks the restored tail already filled were never encoded
+        pending = {j: pending[j] if pending.get(j, (None,))[0] == k else self._encode_inner(j)
+                   for j in range(self.codec.n_inner)}
+        try:  # wait here, not in pool jobs: a job waiting on jobs queued behind it would deadlock the pool
+            enc = [[fut.result() for fut in pending[j][1]] for j in range(self.codec.n_inner)]
+        except BaseException as e:
+            self._broken = f"encoding shard {k} failed: {e!r}"
+            raise
 
-        def encode_write(w: int, f: str) -> tuple[int, int]:
-            data = self.codec.encode(self._tail[f][w])
-            self._scratch.write(f, w, k, data)
+        def write(w: int, fi: int) -> tuple[int, int]:
+            data = self.codec.assemble([enc[j][w][fi] for j in range(self.codec.n_inner)])
+            self._scratch.write(self.fields[fi], w, k, data)
             return len(data), checksum(data)
 
-        jobs = {(w, j): self._pool.submit(encode_write, w, f)
-                for w in range(W) for j, f in enumerate(self.fields)}
+        jobs = {(w, fi): self._pool.submit(write, w, fi) for w in range(W) for fi in range(len(self.fields))}
         size, crc = np.zeros((W, len(self.fields)), np.uint32), np.zeros((W, len(self.fields)), np.uint32)
         try:
             for (w, j), fut in jobs.items():
@@ -226,14 +251,13 @@ class Replay(Persistence):
         """Decode inner chunk g of stream w into `targets` (field -> contiguous (inner, *shape) array)."""
         k, j = divmod(g, self.codec.n_inner)
         self._ensure_local(w, k)
-        inner = self.codec.inner
+        sc = self._scratch
         for f, arr in targets.items():
-            where = f"{self._scratch.file(f, w, k)}[{j}]"
             try:
-                if self._scratch.is_small(f):
-                    arr[...] = self._scratch.small_shard(f, w, k)[j * inner:(j + 1) * inner]
+                if sc.is_small(f):
+                    arr[...] = sc.small_inner(f, w, k, j)
                 else:
-                    self.codec.decode_inner(self._scratch.read_inner(f, w, k, j), arr, where)
+                    self.codec.decode_inner(sc.read_inner(f, w, k, j), arr, f"{sc.file(f, w, k)}[{j}]")
             except CorruptChunkError:
                 with self._lock:  # refetch from durable next time rather than failing forever
                     self._local.pop((w, k), None)
@@ -271,40 +295,74 @@ class Replay(Persistence):
         return keys
 
     def _gather(self, ws: np.ndarray, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
-        """Assemble sequences: cached (prefetched) inner chunks are copied; inner chunks a sequence covers
-        whole and nobody decoded yet are decoded by the pool straight into the batch; partly covered ones
-        go through the cache; steps of the open tail are copied from RAM."""
+        """Assemble sequences. Each inner chunk the batch touches is decoded once: straight into the batch
+        when one sequence covers it whole, else into a per-thread buffer and copied to every sequence that
+        needs part of it. Chunks already in the cache (prefetched) are copied; steps of the open tail are
+        copied from RAM. Decodes are spread over the caller and the pool (zstd runs without the GIL)."""
         inner, done = self.codec.inner, self._k_hi * self.cfg.chunk
         out = {f: np.empty((len(ws), length, *s.shape), s.dtype) for f, s in self.schema.items()}
-        rows = list(zip(ws.tolist(), starts.tolist(), strict=True))
-        direct, cached = [], []
-        for b, (w, s) in enumerate(rows):
-            end = min(s + length, done)
+        uses: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}  # (w, g) -> [(b, a, z, at)]
+        for b, (w, s) in enumerate(zip(ws.tolist(), starts.tolist(), strict=True)):
+            e, end = s + length, min(s + length, done)
             for g in range(s // inner, -(-end // inner)) if end > s else ():
-                whole = s <= g * inner and (g + 1) * inner <= end
-                if whole and not self._cache.has((w, g)):
-                    direct.append(self._pool.submit(
-                        self._decode_into, w, g, {f: out[f][b, g * inner - s:(g + 1) * inner - s]
-                                                  for f in self.fields}))
-                else:
-                    cached.append((w, g))
-        futs = self._cache.get(cached)
-        for b, (w, s) in enumerate(rows):
-            e, pos = s + length, s
-            while pos < min(e, done):
-                g = pos // inner
-                stop = min(e, (g + 1) * inner, done)
-                if (w, g) in futs:
-                    chunk = futs[(w, g)].result()
-                    for f in self.fields:
-                        out[f][b, pos - s:stop - s] = chunk[f][pos - g * inner:stop - g * inner]
-                pos = stop
-            if e > pos:
+                a, z = max(s - g * inner, 0), min(end - g * inner, inner)
+                uses.setdefault((w, g), []).append((b, a, z, g * inner + a - s))
+            if e > max(s, done):
+                p = max(s, done)
                 for f in self.fields:
-                    out[f][b, pos - s:] = self._tail[f][w, pos - done:e - done]
-        for fut in direct:
-            fut.result()
+                    out[f][b, p - s:] = self._tail[f][w, p - done:e - done]
+        hits = self._cache.get([key for key in uses if self._cache.has(key)])
+        jobs = [(key, u) for key, u in uses.items() if key not in hits]
+
+        def copy_hits() -> None:
+            for key, fut in hits.items():
+                self._scatter(fut.result(), uses[key], out)
+
+        self._parallel(lambda job: self._fill(*job, out), jobs, copy_hits)
         return out
+
+    def _fill(self, key: tuple[int, int], uses: list[tuple[int, int, int, int]],
+              out: dict[str, np.ndarray]) -> None:
+        inner = self.codec.inner
+        if len(uses) == 1 and uses[0][1] == 0 and uses[0][2] == inner:
+            b, _, _, at = uses[0]
+            self._decode_into(*key, {f: out[f][b, at:at + inner] for f in self.fields})
+            return
+        buf = getattr(self._tls, "buf", None)
+        if buf is None:
+            buf = self._tls.buf = {f: np.empty((inner, *s.shape), s.dtype) for f, s in self.schema.items()}
+        self._decode_into(*key, buf)
+        self._scatter(buf, uses, out)
+
+    def _scatter(self, chunk: dict[str, np.ndarray], uses: list[tuple[int, int, int, int]],
+                 out: dict[str, np.ndarray]) -> None:
+        for b, a, z, at in uses:
+            for f in self.fields:
+                out[f][b, at:at + z - a] = chunk[f][a:z]
+
+    def _parallel(self, fn: Callable, jobs: list, caller_first: Callable[[], None]) -> None:
+        """Run fn over jobs on the caller and up to `threads` pool workers pulling from one iterator; pool
+        workers that have not started when the caller runs out of jobs are cancelled, so a pool busy with
+        prefetch or a commit never delays a sample beyond the caller doing all the work itself."""
+        it, errors = iter(jobs), []
+
+        def drain() -> None:
+            for job in it:  # list iterators hand out each item once, also across threads
+                try:
+                    fn(job)
+                except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller
+                    errors.append(e)
+
+        helpers = [self._pool.submit(drain) for _ in range(min(self.cfg.threads, len(jobs) - 1))]
+        try:
+            caller_first()
+        finally:
+            drain()
+            for h in helpers:
+                if not h.cancel():
+                    h.result()
+        if errors:
+            raise errors[0]
 
     # --- commit
     def commit(self, extra: dict, blobs: dict[str, bytes] | None = None, background: bool = False) -> int:
@@ -320,14 +378,21 @@ class Replay(Persistence):
         except (TypeError, ValueError) as e:
             raise ValueError(f"commit: extra is not JSON-serialisable: {e}") from e
         n = self._t - self._k_hi * self.cfg.chunk
+        for j in range(n // self.codec.inner):  # after a restore these were never encoded; the shard reuses them
+            if self._inner_enc.get(j, (None,))[0] != self._k_hi:
+                self._inner_enc[j] = self._encode_inner(j)
+        tail_inner = {w: [self._inner_enc[j][1][w] for j in range(n // self.codec.inner)]
+                      for w in range(self.num_streams)}
         c = self._next_commit
         self._next_commit += 1
         snap = _Snapshot(
             commit=c, t=self._t, lo=self._lo, k_lo=self._k_lo, k_hi=self._k_hi,
             shards={k: self._shards[k] for k in range(self._k_lo, self._k_hi)},
             new=range(max(self._k_durable, self._k_lo), self._k_hi),
-            tails={f: self._tail[f][:, :n].copy() for f in self.fields}, draws=self._draws,
-            extra=extra, blobs={k: bytes(v) for k, v in blobs.items()})
+            # a background commit must not see later adds; a foreground one can read the tail in place
+            tails={f: self._tail[f][:, :n].copy() if background else self._tail[f][:, :n] for f in self.fields},
+            draws=self._draws,
+            extra=extra, blobs={k: bytes(v) for k, v in blobs.items()}, tail_inner=tail_inner)
         if background:
             self._commit_fut = self._commit_exec.submit(self._do_commit, snap)
         else:

@@ -24,10 +24,11 @@ class Scratch:
     def __init__(self, path: str, schema: Schema, num_streams: int, codec: ShardCodec, level: int):
         self.path, self.schema, self.codec = os.path.abspath(path), schema, codec
         self.fields = sorted(schema)
-        self._index: dict[tuple[str, int, int], np.ndarray] = {}
+        self._small_fields = frozenset(f for f in self.fields if schema[f].step_bytes <= SMALL_FIELD_STEP_BYTES)
+        self._index: dict[tuple[str, int, int], list[list[int]]] = {}
         # Fields of a few bytes per step (reward, flags, action) cost a file access per inner chunk for almost
-        # no data; their shards are decoded whole once and kept (LRU, SMALL_CACHE_BYTES in all).
-        self._small: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        # no data; their shard files are read whole once and kept, decoded as needed (see small_inner).
+        self._small: OrderedDict[tuple[str, int, int], tuple] = OrderedDict()
         self._small_bytes = 0
         self._lock = threading.Lock()
         try:
@@ -85,10 +86,10 @@ class Scratch:
             if index is None:
                 n = self.codec.index_nbytes()
                 size = os.fstat(fd).st_size
-                index = self.codec.parse_index(os.pread(fd, n, size - n), p)
+                index = self.codec.parse_index(os.pread(fd, n, size - n), p).tolist()
                 with self._lock:
                     self._index[key] = index
-            off, nbytes = (int(x) for x in index[j])
+            off, nbytes = index[j]
             return os.pread(fd, nbytes, off)
         finally:
             os.close(fd)
@@ -96,8 +97,8 @@ class Scratch:
     def _forget(self, field: str, w: int, k: int) -> None:
         with self._lock:
             self._index.pop((field, w, k), None)
-            arr = self._small.pop((field, w, k), None)
-            self._small_bytes -= 0 if arr is None else arr.nbytes
+            ent = self._small.pop((field, w, k), None)
+            self._small_bytes -= 0 if ent is None else _small_nbytes(ent)
 
     def drop_caches(self) -> None:
         """Forget cached shard indexes and small-field shards (benchmarks of cold reads)."""
@@ -107,32 +108,50 @@ class Scratch:
             self._small_bytes = 0
 
     def is_small(self, field: str) -> bool:
-        return self.schema[field].step_bytes <= SMALL_FIELD_STEP_BYTES
+        return field in self._small_fields
 
-    def small_shard(self, field: str, w: int, k: int) -> np.ndarray:
-        """Whole decoded shard (chunk, *shape) of a small field, cached; read-only for callers."""
+    def small_inner(self, field: str, w: int, k: int, j: int) -> np.ndarray:
+        """Decoded inner chunk j (inner, *shape) of a small field's shard; read-only for callers.
+
+        The shard file (a few KB) is read once and kept with its decoded steps (LRU, SMALL_CACHE_BYTES);
+        only inner chunks someone asked for are decoded: a tiny zstd frame costs ~20 us, mostly fixed cost,
+        so decoding whole shards up front cost more than the image chunks of a short sequence.
+        """
         key = (field, w, k)
         with self._lock:
-            arr = self._small.get(key)
-            if arr is not None:
+            ent = self._small.get(key)
+            if ent is not None:
                 self._small.move_to_end(key)
-                return arr
+        if ent is None:
+            ent = self._load_small(field, w, k)
+        data, index, arr, done, lock = ent
+        inner = self.codec.inner
+        part = arr[j * inner:(j + 1) * inner]
+        if not done[j]:
+            # zstd may park literals in the unused end of its output while decoding, so a reader must never
+            # see a part being (re)decoded: decode once, under the entry's lock, then publish the flag.
+            with lock:
+                if not done[j]:
+                    off, nbytes = index[j]
+                    self.codec.decode_inner(data[off:off + nbytes], part, f"{self.file(field, w, k)}[{j}]")
+                    done[j] = True
+        return part
+
+    def _load_small(self, field: str, w: int, k: int) -> tuple:
         p, spec = self.file(field, w, k), self.schema[field]
         data = self.read(field, w, k)
-        index = self.codec.parse_index(data[-self.codec.index_nbytes():], p)
-        arr = np.empty((self.codec.chunk, *spec.shape), spec.dtype)
-        inner = self.codec.inner
-        for j, (off, nbytes) in enumerate(index.tolist()):
-            self.codec.decode_inner(data[off:off + nbytes], arr[j * inner:(j + 1) * inner], f"{p}[{j}]")
-        arr.flags.writeable = False
+        index = self.codec.parse_index(data[-self.codec.index_nbytes():], p).tolist()
+        ent = (data, index, np.empty((self.codec.chunk, *spec.shape), spec.dtype),
+               np.zeros(self.codec.n_inner, bool), threading.Lock())
         with self._lock:
-            if key not in self._small:
-                self._small[key] = arr
-                self._small_bytes += arr.nbytes
+            if (field, w, k) in self._small:
+                return self._small[(field, w, k)]
+            self._small[(field, w, k)] = ent
+            self._small_bytes += _small_nbytes(ent)
             while self._small_bytes > SMALL_CACHE_BYTES and len(self._small) > 1:
                 _, old = self._small.popitem(last=False)
-                self._small_bytes -= old.nbytes
-        return arr
+                self._small_bytes -= _small_nbytes(old)
+        return ent
 
     def delete_shard(self, k: int, streams: range) -> None:
         for f in self.fields:
@@ -157,3 +176,7 @@ class Scratch:
                         removed += 1
         self.drop_caches()
         return removed
+
+
+def _small_nbytes(ent: tuple) -> int:
+    return len(ent[0]) + ent[2].nbytes
