@@ -41,8 +41,9 @@ RECIPES: dict[str, dict] = {
     "tmaze_passive_L20": dict(agent="tmaze_small", env="tmaze_passive", steps=80_000, target=0.95,
                               set=["env.memory_length=20", "env.episode_length=30", "env.penalty_rule=stall",
                                    "env.goal_reward=10.0", "env.step_penalty=-0.3448275862068966", *_LOOP]),
+    # rewards x10: +-1/48 per step is a fifth of a two-hot bin (see experiments/exp/tmaze20.yaml)
     "popgym_repeat_previous_easy": dict(agent="tmaze_small", env="popgym_RepeatPreviousEasy", steps=40_000,
-                                        target=None, set=_LOOP),
+                                        target=None, set=[*_LOOP, "env.reward_scale=10.0"]),
 }
 
 

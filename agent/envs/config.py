@@ -34,6 +34,8 @@ class EnvConfig:
     # "stall" = every step that does not move right, so each step's signal is local (learnable from a random
     # policy: after one detour "behind" penalises every later step whatever the agent does)
     penalty_rule: str = "behind"
+    # POPGym: rewards are +-1/episode length per step (an episode sums to [-1, 1]); `reward_scale` multiplies them
+    reward_scale: float = 1.0
     # Memory Maze
     render_backend: str = ""  # "": respect MUJOCO_GL, else egl when libEGL exists, else osmesa
     fast_contacts: bool = True  # vectorised TargetSphere contact loop (bit-identical, ~2.5x faster)
@@ -57,6 +59,8 @@ class EnvConfig:
             if self.step_penalty is not None and self.step_penalty > 0:
                 raise EnvConfigError(f"env.step_penalty={self.step_penalty} must be <= 0")
         elif self.kind == "popgym":
+            if not self.reward_scale > 0:
+                raise EnvConfigError(f"env.reward_scale={self.reward_scale} must be > 0")
             if not (self.id.startswith("popgym-") and self.id.endswith("-v0")):
                 raise EnvConfigError(f"env.id={self.id!r} is not a POPGym id of the form popgym-<Name>-v0")
         elif self.kind == "mmaze":

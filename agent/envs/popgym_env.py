@@ -99,7 +99,7 @@ class PopgymEnv:
         known = popgym_ids()
         if cfg.id not in known:
             raise EnvConfigError(f"env.id={cfg.id!r} is not a registered POPGym id; known: {known}")
-        self.id = cfg.id
+        self.id, self.cfg = cfg.id, cfg
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._env = gymnasium.make(cfg.id, disable_env_checker=True)
@@ -124,7 +124,7 @@ class PopgymEnv:
         obs, reward, terminated, truncated, _ = self._env.step(self._decode(a))
         self._actions.append(a)
         self._done = bool(terminated or truncated)
-        return {"vector": self._encode(obs)}, float(reward), bool(terminated), bool(truncated)
+        return {"vector": self._encode(obs)}, float(reward) * self.cfg.reward_scale, bool(terminated), bool(truncated)
 
     @property
     def success(self) -> bool | None:

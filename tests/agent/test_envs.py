@@ -156,6 +156,21 @@ def test_popgym_encodings_are_one_hot_and_actions_flattened():
     assert conc.obs_spec()["vector"].shape == (156,) and conc.reset(0)["vector"].sum() == 52
 
 
+def test_popgym_reward_scale_multiplies_each_reward():
+    # RepeatPreviousEasy (4 suits, repeat the card 4 steps back): steps 1-3 pay 0, later ones +-1/(52-4)
+    plain, scaled = (make_env(EnvConfig(kind="popgym", id="popgym-RepeatPreviousEasy-v0", reward_scale=s))
+                     for s in (1.0, 10.0))
+    plain.reset(3), scaled.reset(3)
+    paid = []
+    for action in [0, 1, 2, 3, 0, 1, 2, 3]:
+        r1, r10 = plain.step(action)[1], scaled.step(action)[1]
+        assert r10 == pytest.approx(10 * r1)
+        paid.append(abs(r1))
+    assert paid[:3] == [0.0] * 3 and paid[3:] == pytest.approx([1 / 48] * 5)
+    with pytest.raises(EnvConfigError, match="reward_scale"):
+        EnvConfig(kind="popgym", id="popgym-RepeatPreviousEasy-v0", reward_scale=0.0)
+
+
 @pytest.mark.parametrize("env_id", POPGYM_IDS)
 def test_popgym_snapshot_replay_is_exact(env_id):
     cfg = EnvConfig(kind="popgym", id=env_id)
