@@ -35,7 +35,7 @@ DEFAULT_TRAIN = dict(num_envs=4, env_processes=False, train_ratio=64, batch=8, l
 # The settings behind the curves in the README. Success and returns are those of the training episodes (the policy
 # samples its actions; there is no separate greedy evaluation, as in the reference).
 _LOOP = ["train.num_envs=16", "train.train_ratio=16", "train.batch=8", "train.length=64", "train.prefill=2000",
-         "train.log_every=2000"]
+         "train.log_every=2000", "replay.capacity=100000"]
 RECIPES: dict[str, dict] = {
     # = experiments/exp/tmaze20.yaml (tests/orchestrator/test_learn_recipes.py); why each setting: that file
     "tmaze_passive_L20": dict(agent="tmaze_small", env="tmaze_passive", steps=80_000, target=0.95,
@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="dotlist overrides, e.g. train.batch=16 env.memory_length=50")
     ap.add_argument("--name", default="")
     ap.add_argument("--workdir", default="/tmp/r2i-learn")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run already in <workdir>/<name> (e.g. with a larger --steps) instead of "
+                         "starting over; the curve and wall time continue")
     args = ap.parse_args()
     target = None
     if args.recipe:
@@ -108,8 +111,9 @@ def main() -> None:
     cfg = compose(args.agent, args.env, args.steps, args.set, args.seed)
     name = args.name or f"{args.agent}_{cfg.env.name}"
     root = Path(args.workdir) / name
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(scratch_dir=str(root / "scratch"), durable_url=str(root / "durable"), log_dir=str(root / "logs"),
                      writer_token=uuid.uuid4().hex, should_stop=lambda: False)
     t0 = time.monotonic()
@@ -121,7 +125,9 @@ def main() -> None:
     reached = next((r for r in curve if target is not None and r.get(key, -1.0) >= target), None)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
-        "name": name, "outcome": outcome, "wall_time_s": wall, "env_steps": args.steps, "metric": key,
+        # over every attempt of the run (perf.jsonl carries the wall time across --resume)
+        "name": name, "outcome": outcome, "wall_time_s": curve[-1].get("wall_time_s") or wall,
+        "env_steps": args.steps, "metric": key,
         "final_mean_last5_rows": sum(tail) / len(tail) if tail else None,
         "target": target, "recipe": args.recipe, "overrides": args.set,
         "target_reached_at": None if reached is None else {k: reached.get(k) for k in ("env_steps", "updates",
@@ -132,7 +138,7 @@ def main() -> None:
                   for r in curve],
     }
     (RESULTS / f"learn_{name}.json").write_text(json.dumps(result, indent=1))
-    plot(curve, key, f"{name} ({wall / 60:.1f} min on CPU)", RESULTS / f"learn_{name}.png")
+    plot(curve, key, f"{name} ({result['wall_time_s'] / 60:.1f} min on CPU)", RESULTS / f"learn_{name}.png")
     print(json.dumps({k: result[k] for k in ("name", "outcome", "wall_time_s", "metric", "final_mean_last5_rows",
                                               "target_reached_at")}))
 
