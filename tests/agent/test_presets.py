@@ -15,10 +15,11 @@ PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "agent"
 OBS = {
     "tiny": {"vector": (5,), "image": (64, 64, 3)},
     "tmaze": {"vector": (3,)},
+    "tmaze_small": {"vector": (4,)},
     "popgym": {"vector": (4,)},
     "mmaze": {"image": (64, 64, 3)},
 }
-ACTIONS = {"tiny": 3, "tmaze": 4, "popgym": 4, "mmaze": 6}
+ACTIONS = {"tiny": 3, "tmaze": 4, "tmaze_small": 4, "popgym": 4, "mmaze": 6}
 
 
 def load(name: str) -> AgentConfig:
