@@ -91,7 +91,7 @@ class _Loop:
         self.policy_step = jax.jit(self.learner.policy_step)
         self.init = jax.jit(self.learner.init)
         self.run_id = "r2i-" + hashlib.sha256(ctx.durable_url.encode()).hexdigest()[:12]
-        self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id)
+        self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id, owner_check=self.replay.check_writer)
 
     # --- state --------------------------------------------------------------------------------------------
     def _fresh(self) -> None:
