@@ -2,6 +2,9 @@
 
 `metrics.jsonl` is part of what "exact resume" promises: its rows are a function of the trajectory, so wall-clock
 figures go to `perf.jsonl` and wandb only, and on resume the file is cut back to the size it had at the commit.
+Two copies of a job can share the file for a while (a stale copy runs until its next commit is fenced), and in a
+deterministic run their rows are the same rows: each write first asks `owner_check` whether this process still owns
+the run (a fenced copy raises and writes nothing more), and the owner cuts whatever it finds after its own rows.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.run_config import WandbConfig
@@ -44,8 +48,9 @@ class Mean:
 class MetricsLog:
     """Append rows to `<log_dir>/metrics.jsonl` and `perf.jsonl`, mirrored to one wandb run per training run."""
 
-    def __init__(self, log_dir: Path, cfg: WandbConfig, run_id: str):
-        self.dir, self.cfg, self.run_id = log_dir, cfg, run_id
+    def __init__(self, log_dir: Path, cfg: WandbConfig, run_id: str, owner_check: Callable[[], None] = lambda: None):
+        """`owner_check` raises when this process no longer owns the run (e.g. `Replay.check_writer`)."""
+        self.dir, self.cfg, self.run_id, self.owner_check = log_dir, cfg, run_id, owner_check
         self.path = log_dir / "metrics.jsonl"
         self._f = self._perf = self._wandb = None
         self.bytes_written = 0
@@ -71,6 +76,11 @@ class MetricsLog:
 
     def write(self, row: dict, perf: dict) -> None:
         line = (json.dumps(row, sort_keys=True) + "\n").encode()
+        self.owner_check()
+        if os.fstat(self._f.fileno()).st_size != self.bytes_written:
+            log.warning("%s was changed by another copy of this run; its rows after byte %d are dropped",
+                        self.path, self.bytes_written)
+            self._f.truncate(self.bytes_written)
         self._f.write(line)
         self._f.flush()  # visible to `make status` at once; fsync waits for the commit
         self.bytes_written += len(line)

@@ -11,7 +11,9 @@ log accumulators, progress}: agent state and buffer contents can never disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -58,6 +60,35 @@ def step_schema(obs_spec: dict) -> dict[str, FieldSpec]:
     return schema
 
 
+def _non_default(value):
+    """A dataclass as {field: value} without the fields left at their defaults (recursively); other values as is."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    out = {}
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if v != default:
+            out[f.name] = _non_default(v)
+    return out
+
+
+def config_digest(cfg: AgentRunConfig, legacy: bool = False) -> str:
+    """What must match to continue a trajectory; commit cadence and logging do not change it. Only values that
+    differ from their defaults count, so a job requeued onto code with a new knob (whose default keeps the old
+    behaviour) still resumes. `legacy`: the digest of every field, as commits made before this change have."""
+    c = cfg
+    fixed = (c.seed, c.agent, c.env, c.train.num_envs, c.train.train_ratio, c.train.batch, c.train.length,
+             c.train.prefill, c.replay.capacity, c.replay.chunk, c.replay.inner)
+    text = repr(fixed) if legacy else json.dumps([_non_default(x) for x in fixed], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def updates_due(env_steps: int, cfg: AgentRunConfig) -> int:
     """Updates owed after `env_steps`: train_ratio replayed steps per env step once past prefill (integer math)."""
     t = cfg.train
@@ -91,7 +122,7 @@ class _Loop:
         self.policy_step = jax.jit(self.learner.policy_step)
         self.init = jax.jit(self.learner.init)
         self.run_id = "r2i-" + hashlib.sha256(ctx.durable_url.encode()).hexdigest()[:12]
-        self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id)
+        self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id, owner_check=self.replay.check_writer)
 
     # --- state --------------------------------------------------------------------------------------------
     def _fresh(self) -> None:
@@ -111,7 +142,7 @@ class _Loop:
         loop = extra.get("loop")
         if not isinstance(loop, dict) or loop.get("format") != LOOP_FORMAT:
             raise ResumeError(f"durable commit at {self.ctx.durable_url} has no loop state of format {LOOP_FORMAT}")
-        if loop["config_digest"] != self._config_digest():
+        if loop["config_digest"] not in (self._config_digest(), self._config_digest(legacy=True)):
             raise ResumeError(f"durable store {self.ctx.durable_url} belongs to a run with another config "
                               f"(digest {loop['config_digest']} != {self._config_digest()})")
         if extra.get("device") != device_fingerprint():
@@ -133,12 +164,8 @@ class _Loop:
         log.info("resumed at env step %d, update %d (commit %s)", self.env_steps, self.updates,
                  self.replay.info["commit"])
 
-    def _config_digest(self) -> str:
-        # What must match to continue a trajectory; commit cadence and logging do not change it.
-        c = self.cfg
-        fixed = (c.seed, c.agent, c.env, c.train.num_envs, c.train.train_ratio, c.train.batch, c.train.length,
-                 c.train.prefill, c.replay.capacity, c.replay.chunk, c.replay.inner)
-        return hashlib.sha256(repr(fixed).encode()).hexdigest()[:16]
+    def _config_digest(self, legacy: bool = False) -> str:
+        return config_digest(self.cfg, legacy)
 
     def _commit(self, background: bool) -> int:
         wall = self.wall_before + time.monotonic() - self.t0

@@ -399,6 +399,10 @@ class Replay(Persistence):
             self._do_commit(snap)
         return c
 
+    def check_writer(self) -> None:
+        """Raise WriterFencedError if a newer writer has taken over this run (one small read of the store)."""
+        self._durable.check_writer(self.token, self._gen)
+
     def wait(self) -> None:
         """Join the background commit, re-raising its failure."""
         fut, self._commit_fut = self._commit_fut, None
