@@ -487,15 +487,17 @@ class Replay(Persistence):
         self.close()
 
 
-def read_latest_manifest(durable: str) -> dict | None:
-    """Newest readable manifest of a durable store without its chunk tables (read-only; for status tools)."""
+def read_latest_manifest(durable: str, with_tables: bool = False) -> dict | None:
+    """Newest readable manifest of a durable store, its key under "key" (read-only; for status and verify tools).
+    The chunk tables, the bulk of a manifest, are dropped unless `with_tables`."""
     d = Durable(durable, create=False)
     for _c, _g, mkey in d.manifests():
         try:
             m = d.read_json(mkey)
         except (DurableStoreError, ValueError):
             continue
-        m.pop("tables", None)
+        if not with_tables:
+            m.pop("tables", None)
         m["key"] = mkey
         return m
     return None

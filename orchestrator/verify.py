@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from buffer import read_latest_manifest
 from buffer.codec import checksum
 from buffer.durable import Durable
 from buffer.errors import DurableStoreError
@@ -45,14 +46,10 @@ def fingerprint(durable: str, metrics: str | Path | None = None) -> dict:
     (empty for a healthy store). Raises DurableStoreError when the store has no readable manifest.
     """
     d = Durable(durable, create=False)
-    for _c, _g, mkey in d.manifests():
-        try:
-            m = d.read_json(mkey)
-        except (DurableStoreError, ValueError):
-            continue
-        break
-    else:
+    m = read_latest_manifest(durable, with_tables=True)
+    if m is None:
         raise DurableStoreError(f"no readable manifest in {durable}")
+    mkey = m["key"]
     corrupt: list[str] = []
     h = hashlib.sha256(json.dumps({k: m[k] for k in ("t", "lo", "k_lo", "k_hi", "sampler", "schema")},
                                   sort_keys=True).encode())
