@@ -142,9 +142,10 @@ class _Loop:
         loop = extra.get("loop")
         if not isinstance(loop, dict) or loop.get("format") != LOOP_FORMAT:
             raise ResumeError(f"durable commit at {self.ctx.durable_url} has no loop state of format {LOOP_FORMAT}")
-        if loop["config_digest"] not in (self._config_digest(), self._config_digest(legacy=True)):
+        digest = config_digest(self.cfg)
+        if loop["config_digest"] not in (digest, config_digest(self.cfg, legacy=True)):
             raise ResumeError(f"durable store {self.ctx.durable_url} belongs to a run with another config "
-                              f"(digest {loop['config_digest']} != {self._config_digest()})")
+                              f"(digest {loop['config_digest']} != {digest})")
         if extra.get("device") != device_fingerprint():
             warnings.warn(f"resuming on different hardware ({extra.get('device')} -> {device_fingerprint()}): the "
                           "committed state is exact, but later results will not be bit-identical to an "
@@ -164,14 +165,11 @@ class _Loop:
         log.info("resumed at env step %d, update %d (commit %s)", self.env_steps, self.updates,
                  self.replay.info["commit"])
 
-    def _config_digest(self, legacy: bool = False) -> str:
-        return config_digest(self.cfg, legacy)
-
     def _commit(self, background: bool) -> int:
         wall = self.wall_before + time.monotonic() - self.t0
         rate = (self.env_steps - self.attempt_start_steps) / max(time.monotonic() - self.t0, 1e-9)
         loop = {
-            "format": LOOP_FORMAT, "config_digest": self._config_digest(),
+            "format": LOOP_FORMAT, "config_digest": config_digest(self.cfg),
             "env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes,
             "key": np.asarray(jax.device_get(self.key)).tolist(),
             "train_mean": self.train_mean.to_json(), "episode_mean": self.episode_mean.to_json(),
