@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--recipe", choices=sorted(RECIPES), help="a named setting; --set adds to it")
     ap.add_argument("--agent", default="tmaze_small", help="experiments/agent/<name>.yaml")
     ap.add_argument("--env", default="tmaze_passive", help="experiments/env/<name>.yaml")
-    ap.add_argument("--steps", type=int, default=60_000)
+    ap.add_argument("--steps", type=int, default=None, help="env steps (default: the recipe's, else 60000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], help="dotlist overrides, e.g. train.batch=16 env.memory_length=50")
     ap.add_argument("--name", default="")
@@ -104,10 +104,12 @@ def main() -> None:
     target = None
     if args.recipe:
         r = RECIPES[args.recipe]
-        args.agent, args.env, args.steps, target = r["agent"], r["env"], r["steps"], r["target"]
+        args.agent, args.env, target = r["agent"], r["env"], r["target"]
+        args.steps = args.steps or r["steps"]
         args.set = [*r["set"], *args.set]
         args.name = args.name or args.recipe
 
+    args.steps = args.steps or 60_000
     cfg = compose(args.agent, args.env, args.steps, args.set, args.seed)
     name = args.name or f"{args.agent}_{cfg.env.name}"
     root = Path(args.workdir) / name
