@@ -22,15 +22,21 @@ BENCH_ARGS ?=
 RECIPE ?= tmaze_passive_L20
 # 8 kinds x 5 trials, up to 5 faults each (time limit, second copy: fewer): ~150 interruptions, ~2.5 h on 2 busy cores
 CHAOS_ARGS ?= --trials-per-kind 5 --faults-per-trial 5 --max-delay-s 8
+# The same faults once the buffer holds 1M steps (64 in-process T-Maze envs fill it in minutes) -> chaos_1m.json
+CHAOS_1M_ARGS ?= --kinds preempt,scratch_wipe,sigkill --trials-per-kind 1 --faults-per-trial 3 --max-delay-s 8 \
+  --fault-after-steps 1000000 --trial-timeout-s 3600 --root /tmp/r2i-chaos-1m --out bench/results/chaos_1m.json \
+  --args "train.steps=1010000 train.prefill=1000000 train.num_envs=64 train.env_processes=false train.train_ratio=2 \
+  train.log_every=10000 train.commit_every_min=0.1 replay.chunk=1024 replay.capacity=1100000 cluster.cpus=1 \
+  cluster.time_min=60"
 # docker/image.env: IMAGE_NAME, BASE_IMAGE, DEBIAN_SUITE, ARCHIVE_DIR (shared with docker/ and singularity/r2i.def)
 include docker/image.env
 IMAGE_VARIANT ?= cpu
 
 .PHONY: help setup lock test test-slurm test-all cluster-up cluster-down submit status cancel resume \
-        bench bench-buffer bench-agent bench-learn chaos lint docker sif test-container clean
+        bench bench-buffer bench-agent bench-learn chaos chaos-1m lint docker sif test-container clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv from requirements.lock (idempotent; redone when the lock or pyproject changes)
 
@@ -90,6 +96,9 @@ bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repea
 chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind, compare to an uninterrupted run -> bench/results/chaos.json
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+chaos-1m: setup cluster-up ## the chaos faults at a 1M-step buffer (restore cost vs buffer size) -> bench/results/chaos_1m.json
+	$(PY) -m bench.chaos $(CHAOS_1M_ARGS)
 
 lint: setup ## ruff over the packages, tests and benchmarks
 	$(VENV)/bin/ruff check orchestrator agent buffer tests bench singularity/podman-shim

@@ -45,6 +45,7 @@ def summarize(trials: list[dict]) -> dict:
             "committed_steps_lost": sum(v["lost_steps"] for v in vs),
             "env_steps_redone": sum(v["redone_steps"] for v in vs),
             "restart_to_first_step_s": _stats([x for v in vs for x in v["restart_s"]]),
+            "entry_to_resumed_s": _stats([x for v in vs for x in v.get("resume_s", [])]),
             "stop_commit_s": _stats([x for v in vs for x in v["stop_commit_s"]]),
             "signal_to_exit_s": _stats([x for v in vs for x in v["signal_to_exit_s"]]),
             "grace_window": GRACE.get(kind, "none (no signal)"),
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-delay-s", type=float, default=Settings().max_delay_s)
     p.add_argument("--faults-per-trial", type=int, default=Settings().faults_per_trial,
                    help="faults delivered to one run, one per attempt (second_writer: 1)")
+    p.add_argument("--fault-after-steps", type=int, default=0,
+                   help="no fault before a commit holds this many env steps (restore cost at a large buffer)")
+    p.add_argument("--trial-timeout-s", type=float, default=Settings().timeout_s)
     p.add_argument("--stop-by", default="", help="UTC HH:MM after which no new trial starts")
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "r2i-chaos"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "chaos.json"))
@@ -116,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         hh, mm = map(int, a.stop_by.split(":"))
         now = dt.datetime.now(dt.UTC)
         stop_by = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
-    s = Settings(seed=a.seed, overrides=a.args, max_delay_s=a.max_delay_s, faults_per_trial=a.faults_per_trial)
+    s = Settings(seed=a.seed, overrides=a.args, max_delay_s=a.max_delay_s, faults_per_trial=a.faults_per_trial,
+                 timeout_s=a.trial_timeout_s, fault_after_steps=a.fault_after_steps)
     rng = random.Random(a.seed)
     result = {"machine": {"cores": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
               "settings": {"exp": s.exp, "seed": s.seed, "overrides": s.overrides, "max_delay_s": s.max_delay_s,
-                           "faults_per_trial": s.faults_per_trial,
+                           "faults_per_trial": s.faults_per_trial, "fault_after_steps": s.fault_after_steps,
                            "trials_per_kind": a.trials_per_kind, "kinds": kinds}}
     trials: list[dict] = []
     if a.append:

@@ -124,6 +124,7 @@ class Settings:
     max_delay_s: float = 20.0  # faults land uniformly in [0, max_delay_s] after an attempt's first commit
     faults_per_trial: int = 1  # faults delivered to one run, one per attempt (second_writer: 1)
     timeout_s: float = 900.0  # one trial, submit to end
+    fault_after_steps: int = 0  # no fault before a commit holds this many env steps (a large buffer first)
 
 
 def _sh(*cmd: str, check: bool = True) -> str:
@@ -192,19 +193,19 @@ class Trial:
     def attempt_pid(self) -> int:
         return int(self.state()["attempts"][-1]["pid"])
 
-    def wait_running_commit(self, min_attempts: int) -> None:
-        """Until attempt `min_attempts` (or a later one) has committed after an update, or the run ended: its
-        act and train programs are compiled (a signal during the first compile is not answered within a 15 s
-        grace: a known limit, not what these trials probe)."""
+    def wait_running_commit(self, min_attempts: int, min_steps: int = 0, timeout_s: float = 600) -> None:
+        """Until attempt `min_attempts` (or a later one) has committed after an update and at or past
+        `min_steps` env steps, or the run ended: its act and train programs are compiled (a signal during the
+        first compile is not answered within a 15 s grace: a known limit, not what these trials probe)."""
         def ready() -> bool:
             st = self.state()
             if st.get("state") in END_STATES:
                 return True
             att = st.get("attempts") or []
             return st.get("state") == "running" and len(att) >= min_attempts and any(
-                c[0] > att[-1]["start"] and c[3] > 0 for c in self.commits)
+                c[0] > att[-1]["start"] and c[3] > 0 and c[1] >= min_steps for c in self.commits)
 
-        self.wait(ready, 600, "a commit after an update")
+        self.wait(ready, timeout_s, f"a commit after an update at >= {min_steps} env steps")
 
     def random_delay(self, max_s: float) -> None:
         d = self.rng.uniform(0.0, max_s)
@@ -306,7 +307,7 @@ def inject(t: Trial, s: Settings) -> None:
     for _ in range(1 if t.kind == "second_writer" else s.faults_per_trial):
         t.notes = {}
         t.faults.append(t.notes)
-        t.wait_running_commit(min_attempts)
+        t.wait_running_commit(min_attempts, s.fault_after_steps, max(600.0, s.timeout_s - (time.time() - t.t_submit)))
         # the next fault waits for the next attempt (this one may still show "running" while it commits)
         min_attempts = len(t.state().get("attempts") or []) + 1
         if t.state().get("state") not in END_STATES:
@@ -438,7 +439,7 @@ def verdict(record: dict, reference: dict) -> dict:
             a["steps"] = e["n"] - 1
             a.setdefault("first_step", e["t"])
         elif e["ev"] == "resumed":
-            a["restored"] = e["env_steps"]
+            a.update(restored=e["env_steps"], resumed=e["t"])
         elif e["ev"] == "stopped":
             a["stopped_at"] = e["env_steps"]
         elif e["ev"] == "stop_seen":
@@ -449,7 +450,7 @@ def verdict(record: dict, reference: dict) -> dict:
             a["error"] = e["error"]
     order = sorted((a for a in attempts.values() if "entry" in a), key=lambda a: a["entry"])
     lost = redone = 0
-    restart_s, commit_s, signal_s = [], [], []
+    restart_s, resume_s, commit_s, signal_s = [], [], [], []
     for i, a in enumerate(order):
         start = a.get("restored", 0)
         a["reached"] = a.get("stopped_at", start + a["steps"] * a["num_envs"])
@@ -459,6 +460,7 @@ def verdict(record: dict, reference: dict) -> dict:
             lost += max(0, max(before, default=0) - a["restored"])
             if "first_step" in a:
                 restart_s.append(a["first_step"] - a["proc_start"])
+            resume_s.append(a["resumed"] - a["entry"])  # envs, learner and buffer restore, before any compile
         elif i and a["logs_resume"]:  # a later attempt that restored nothing: every committed step is lost
             lost += max((c[1] for c in record["commits"] if c[0] < a["entry"]), default=0)
         if "stop_seen" in a and a.get("result") == "stopped":
@@ -476,6 +478,6 @@ def verdict(record: dict, reference: dict) -> dict:
     return {"identical": done and not diff, "differences": diff, "done": done,
             "corrupt_restore": done and bool(diff), "failed_clearly": record.get("state") == "failed",
             "interruptions": max(0, len(order) - 1), "lost_steps": lost, "redone_steps": redone,
-            "restart_s": restart_s, "stop_commit_s": commit_s, "signal_to_exit_s": signal_s,
+            "restart_s": restart_s, "resume_s": resume_s, "stop_commit_s": commit_s, "signal_to_exit_s": signal_s,
             "faults_delivered": delivered, "missed": bool(record["notes"]) and not delivered,
             "error": record.get("error") or record.get("run_error")}

@@ -28,7 +28,7 @@ def test_a_kill_redoes_the_steps_after_the_last_commit_and_loses_none():
     v = verdict(record([(12.0, 40, "m1", 10), (20.0, 60, "m2", 20)]), FP)
     assert v["identical"] and v["interruptions"] == 1 and v["faults_delivered"] == 1
     assert v["lost_steps"] == 0 and v["redone_steps"] == 100 - 60
-    assert v["restart_s"] == [35.0 - 28.0] and v["stop_commit_s"] == []
+    assert v["restart_s"] == [35.0 - 28.0] and v["resume_s"] == [33.0 - 30.0] and v["stop_commit_s"] == []
 
 
 def test_a_resume_behind_a_published_commit_counts_as_lost_and_a_changed_state_as_corrupt():
