@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import random
@@ -24,6 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 GRACE = {"timeout": "15-45 s (USR2 on the 30 s timer, limit 1 min)", "preempt": "15 s (GraceTime)",
          "requeue": "10 s (KillWait after SIGTERM)", "scratch_wipe": "10 s (KillWait after SIGTERM)",
          "corrupt_chunk": "10 s (KillWait after SIGTERM)"}
+
+
+def code_digest(root: Path = REPO) -> str:
+    """sha256 over the code and configs the jobs import: each trial's jobs load them afresh, so an edit during a run
+    would silently compare trials of different code."""
+    h = hashlib.sha256()
+    for pkg in ("agent", "buffer", "orchestrator", "experiments", "slurm"):
+        for f in sorted((root / pkg).rglob("*")):
+            if f.is_file() and f.suffix in (".py", ".yaml", ".sh", ".conf") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _stats(xs: list[float]) -> dict | None:
@@ -123,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(seed=a.seed, overrides=a.args, max_delay_s=a.max_delay_s, faults_per_trial=a.faults_per_trial,
                  timeout_s=a.trial_timeout_s, fault_after_steps=a.fault_after_steps)
     rng = random.Random(a.seed)
+    code = code_digest()
     result = {"machine": {"cores": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+              "code_digest": code,
               "settings": {"exp": s.exp, "seed": s.seed, "overrides": s.overrides, "max_delay_s": s.max_delay_s,
                            "faults_per_trial": s.faults_per_trial, "fault_after_steps": s.fault_after_steps,
                            "trials_per_kind": a.trials_per_kind, "kinds": kinds}}
@@ -133,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         if (old["settings"]["overrides"], old["settings"]["seed"]) != (s.overrides, s.seed):
             p.error(f"--append: {a.out} was run with --args {old['settings']['overrides']!r} --seed "
                     f"{old['settings']['seed']}, not {s.overrides!r} --seed {s.seed}")
+        if old.get("code_digest", code) != code:
+            p.error(f"--append: {a.out} was run on other code (digest {old['code_digest']}, now {code}): its "
+                    "reference run does not stand for this code; start a new file")
         rng.seed(f"{a.seed}/{len(old.get('trials', []))}")  # another fault schedule than the first session's
         result, trials = old, old.get("trials", [])
         result.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -149,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind, i in schedule:
         if stop_by is not None and time.time() > stop_by:
             result["stopped_early"] = f"--stop-by {a.stop_by} reached with {len(trials)} trials"
+            break
+        if code_digest() != code:
+            result["stopped_early"] = (f"the code changed after {len(trials)} trials (digest {code} -> "
+                                       f"{code_digest()}); run chaos from a worktree nobody edits")
+            print(result["stopped_early"], flush=True)
             break
         rec = run_trial(kind, i, s, rng)
         rec["verdict"] = verdict(rec, ref["fingerprint"])

@@ -47,3 +47,18 @@ def test_a_stop_commit_is_timed_from_the_flag_and_from_the_signal():
                  "run_error": "WriterFencedError: fenced"}, FP)
     assert v["stop_commit_s"] == [1.0] and v["signal_to_exit_s"] == [1.5]
     assert v["failed_clearly"] and not v["identical"] and v["error"].startswith("WriterFencedError")
+
+
+def test_the_code_digest_sees_an_edit_to_what_the_jobs_import_and_nothing_else(tmp_path):
+    from bench.chaos import code_digest
+
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "train.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("notes")
+    before = code_digest(tmp_path)
+    (tmp_path / "README.md").write_text("other notes")
+    (tmp_path / "agent" / "__pycache__").mkdir()
+    (tmp_path / "agent" / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0")
+    assert code_digest(tmp_path) == before
+    (tmp_path / "agent" / "train.py").write_text("x = 2\n")
+    assert code_digest(tmp_path) != before
