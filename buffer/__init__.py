@@ -4,6 +4,7 @@ from .config import FieldSpec, ReplayConfig, Schema
 from .errors import (
                      CorruptChunkError,
                      DurableStoreError,
+                     NoRestorableCommitError,
                      ReplayError,
                      SchemaError,
                      ScratchError,
@@ -12,7 +13,7 @@ from .errors import (
 from .replay import Replay, Restored, read_latest_manifest
 
 __all__ = [
-    "CorruptChunkError", "DurableStoreError", "FieldSpec", "Replay", "ReplayConfig", "ReplayError",
-    "Restored",
+    "CorruptChunkError", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay", "ReplayConfig",
+    "ReplayError", "Restored",
     "Schema", "SchemaError", "ScratchError", "WriterFencedError", "read_latest_manifest",
 ]

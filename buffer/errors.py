@@ -17,6 +17,15 @@ class CorruptChunkError(ReplayError):
         self.key, self.manifest = key, manifest
 
 
+class NoRestorableCommitError(ReplayError):
+    """Every durable commit references a corrupt or missing chunk: no attempt can resume from this store as it is.
+    Not a CorruptChunkError on purpose: a requeue would only find the same."""
+
+    def __init__(self, message: str, *, keys: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keys = keys
+
+
 class DurableStoreError(ReplayError):
     """The durable URL is missing, unwritable or unreadable."""
 

@@ -14,7 +14,14 @@ import numpy as np
 from .codec import ShardCodec, checksum
 from .config import ReplayConfig, Schema
 from .durable import CHUNK_DIR, Durable
-from .errors import CorruptChunkError, DurableStoreError, ReplayError, SchemaError, ScratchError
+from .errors import (
+    CorruptChunkError,
+    DurableStoreError,
+    NoRestorableCommitError,
+    ReplayError,
+    SchemaError,
+    ScratchError,
+)
 from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
@@ -463,8 +470,16 @@ class Replay(Persistence):
                 self._lazy_thread = threading.Thread(target=self._lazy_fetch, name="replay-lazy", daemon=True)
                 self._lazy_thread.start()
             return Restored(m["commit"], extra, blobs)
-        if first_err is not None:
-            raise first_err
+        unusable = sorted(bad | set(self._corrupt))
+        if unusable:
+            # `from None`: the job requeues on a CorruptChunkError anywhere in the chain, and here no attempt can
+            # do better (each restore would list the same store)
+            raise NoRestorableCommitError(
+                f"none of the {len(ms)} commits in {d.url} can be restored: each references a corrupt or missing "
+                f"chunk ({', '.join(unusable[:3])}{', ...' if len(unusable) > 3 else ''}); first found: {first_err}. "
+                f"Damaged bytes and their records are under {d.url}/quarantine/. Put a good copy of the chunk back "
+                "under its key, or start the run afresh (a new sweep name or durable folder).",
+                keys=tuple(unusable)) from None
         raise DurableStoreError(f"no readable manifest among {len(ms)} in {d.url}")
 
     # --- shutdown

@@ -5,7 +5,8 @@ store, so a node-failure requeue that reruns the original pickle resumes correct
 flag; the training entry stops at its next step boundary, commits, and returns "stopped"; the job then says by
 its exit status whether the host side should requeue it (`scontrol` is not inside containers). So does a
 CorruptChunkError (a durable chunk failed its checksum and the buffer quarantined it): the next attempt's restore
-falls back to the newest commit without that chunk.
+falls back to the newest commit without that chunk. A NoRestorableCommitError (no commit without it) fails the
+job at once: another attempt would restore the same store.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.run_config import RunContext
-from buffer import CorruptChunkError, WriterFencedError
+from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError
 from orchestrator import slurm
 from orchestrator.config import RootConfig, agent_run_config, load_run_config
 from orchestrator.sweep import RunPaths, read_json, run_paths, write_json_atomic
@@ -178,11 +179,12 @@ def run_job(run_dir: str) -> str:
 
 def corrupt_chunk_cause(e: BaseException | None) -> CorruptChunkError | None:
     """The CorruptChunkError that ended the entry, also under errors its cleanup raised on top; None without one,
-    or when the writer was fenced: then another copy of the job owns the run, and a requeue would fence it."""
+    when the writer was fenced (another copy of the job owns the run, and a requeue would fence it), or when no
+    commit is left to fall back to (a requeue would restore the same store and fail the same way)."""
     found, seen = None, set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, WriterFencedError):
+        if isinstance(e, (WriterFencedError, NoRestorableCommitError)):
             return None
         if isinstance(e, CorruptChunkError) and found is None:
             found = e

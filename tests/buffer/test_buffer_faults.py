@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from buffer import CorruptChunkError, Replay, WriterFencedError
+from buffer import CorruptChunkError, NoRestorableCommitError, Replay, WriterFencedError
 from buffer.durable import Durable
 from buffer.manifest import chunk_keys
 from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step
@@ -192,6 +192,27 @@ def test_a_full_restore_quarantines_every_corrupt_chunk_it_reads_and_falls_back_
     fill(r, 40, 50)  # the failed fetches of commit 2 left no error behind for the fallback
     assert_batches_equal(r.read(0, 0, 50), expected(0, 0, 50, 2))
     r.close()
+
+
+
+def test_a_full_restore_that_finds_no_fallback_raises_a_final_error_and_keeps_every_commit(tmp_path):
+    d = tmp_path / "d"
+    two_commits(tmp_path)
+    (bad,) = (d / "chunks" / "0").glob("0000000000-*.bin")  # shard 0 of stream 0: in both commits
+    corrupt_in_place(bad)
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p != bad}
+    r = make_replay(str(tmp_path / "s3"), str(d), token="w3", lazy=False, **KW)
+    with pytest.raises(NoRestorableCommitError, match="none of the 2 commits") as err:
+        r.restore()
+    r.close()
+    # final, not a CorruptChunkError: the job must not requeue for a fallback that does not exist
+    assert not isinstance(err.value, CorruptChunkError) and err.value.__cause__ is None
+    assert err.value.keys == (f"chunks/0/{bad.name}",) and bad.name in str(err.value)
+    assert "quarantine" in str(err.value)
+    # nothing committed was touched (the damaged chunk only moved to quarantine/; each opener takes the token)
+    changed = sorted(str(p.relative_to(d)) for p, b in before.items() if not p.exists() or p.read_bytes() != b)
+    assert changed == ["writer.json"], changed
+    assert len(os.listdir(d / "manifests")) == 2
 
 
 # --- writer fence ------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 try:
-    from buffer import CorruptChunkError, FieldSpec, Replay, WriterFencedError
+    from buffer import CorruptChunkError, FieldSpec, NoRestorableCommitError, Replay, WriterFencedError
 except ImportError:  # pragma: no cover - only before the buffer package exists
     Replay = None
 
@@ -158,6 +158,7 @@ def final_learner(cfg_seed: int, steps: int) -> dict[str, Any]:
 
 CORRUPT = "tests.orchestrator.orch_workload:corrupt_chunk"
 FENCED_AFTER_CORRUPT = "tests.orchestrator.orch_workload:fenced_after_corrupt_chunk"
+NO_FALLBACK = "tests.orchestrator.orch_workload:no_restorable_commit"
 
 
 def corrupt_chunk(cfg: Any, ctx: Any) -> str:
@@ -173,3 +174,13 @@ def fenced_after_corrupt_chunk(cfg: Any, ctx: Any) -> str:
         return corrupt_chunk(cfg, ctx)
     except CorruptChunkError as e:
         raise WriterFencedError(f"writer {ctx.writer_token!r} was fenced while closing") from e
+
+
+def no_restorable_commit(cfg: Any, ctx: Any) -> str:
+    """A restore that finds every commit referencing a quarantined chunk, chained to a CorruptChunkError (which
+    alone would ask for a requeue)."""
+    try:
+        return corrupt_chunk(cfg, ctx)
+    except CorruptChunkError as e:
+        raise NoRestorableCommitError("none of the 2 commits can be restored",
+                                      keys=("chunks/0/0000000003-0badc0de.bin",)) from e

@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from buffer import CorruptChunkError, WriterFencedError
+from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError
 from buffer.manifest import chunk_keys
 from orchestrator.compose import compose_runs
 from orchestrator.job import LOCAL_REQUEUE_EXIT, StopFlag, run_job
 from orchestrator.slurm import REQUEUE_EXIT
 from orchestrator.status import latest_commit
 from orchestrator.sweep import Request, create_sweep, read_json
-from tests.orchestrator.orch_workload import CORRUPT, FENCED_AFTER_CORRUPT, WORKLOAD, final_learner
+from tests.orchestrator.orch_workload import CORRUPT, FENCED_AFTER_CORRUPT, NO_FALLBACK, WORKLOAD, final_learner
 
 SCONTROL = ('echo "JobId=42 JobState={state} Reason=None Restarts=0 EndTime=2099-01-01T00:00:00 '
             'PreemptTime={preempt} Partition=low"')
@@ -157,6 +157,7 @@ def test_stop_flag_falls_back_to_slurms_end_time():
     ("slurm", 3, 3, CORRUPT, CorruptChunkError),  # the requeues are used up: the job fails with the error
     ("local", 0, 3, CORRUPT, LOCAL_REQUEUE_EXIT),
     ("slurm", 0, 3, FENCED_AFTER_CORRUPT, WriterFencedError),  # another copy owns the run: never requeue
+    ("slurm", 0, 3, NO_FALLBACK, NoRestorableCommitError),  # no commit to fall back to: a requeue cannot help
 ])
 def test_a_corrupt_chunk_asks_for_a_requeue_within_the_limit(root, monkeypatch, cluster, restarts, max_requeues,
                                                              entry, outcome):
