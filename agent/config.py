@@ -49,6 +49,11 @@ class AgentConfig:
     stoch: int = 32  # number of categorical latents
     classes: int = 32  # classes per latent
     unimix: float = 0.01
+    # z_t passed on (SSM input, decoder, heads, actor): a sample of its categoricals (reference), or their mode.
+    # Latents the reconstruction does not need keep a high-entropy posterior, and their samples enter the linear
+    # SSM afresh at every step; a one-step cue (T-Maze) is then a faint signal beside ~20 steps of that noise and
+    # the world model did not learn to carry it (README). The mode keeps only what the posterior is sure of.
+    sample_latents: bool = True
     ssm: SSMConfig = field(default_factory=SSMConfig)
     # encoders / decoders
     cnn_depth: int = 96
