@@ -28,6 +28,9 @@ class SSMConfig:
     blocks: int = 8  # HiPPO-LegS is initialised in `blocks` diagonal blocks of size P / blocks
     dt_min: float = 1e-3  # log_step ~ U[ln dt_min, ln dt_max]
     dt_max: float = 0.1
+    # initial Re(Lambda) of every state (HiPPO-LegS normal part: -0.5). A one-step input keeps at most
+    # max_dt dt * exp(lambda_re * dt * L) of its size after L steps: ~4% for L = 20 at -0.5, ~37% at -0.05 (dt = 1)
+    lambda_re: float = -0.5
 
 
 @dataclass(frozen=True)
