@@ -28,6 +28,9 @@ class SSMConfig:
     blocks: int = 8  # HiPPO-LegS is initialised in `blocks` diagonal blocks of size P / blocks
     dt_min: float = 1e-3  # log_step ~ U[ln dt_min, ln dt_max]
     dt_max: float = 0.1
+    # initial Re(Lambda) of every state (HiPPO-LegS normal part: -0.5). A one-step input keeps at most
+    # max_dt dt * exp(lambda_re * dt * L) of its size after L steps: ~4% for L = 20 at -0.5, ~37% at -0.05 (dt = 1)
+    lambda_re: float = -0.5
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class AgentConfig:
     stoch: int = 32  # number of categorical latents
     classes: int = 32  # classes per latent
     unimix: float = 0.01
+    # z_t passed on (SSM input, decoder, heads, actor): a sample of its categoricals (reference), or their mode.
+    # Latents the reconstruction does not need keep a high-entropy posterior, and their samples enter the linear
+    # SSM afresh at every step; a one-step cue (T-Maze) is then a faint signal beside ~20 steps of that noise and
+    # the world model did not learn to carry it (README). The mode keeps only what the posterior is sure of.
+    sample_latents: bool = True
     ssm: SSMConfig = field(default_factory=SSMConfig)
     # encoders / decoders
     cnn_depth: int = 96

@@ -70,6 +70,13 @@ def mode_onehot(logp: jax.Array) -> jax.Array:
     return jax.nn.one_hot(jnp.argmax(logp, -1), logp.shape[-1], dtype=logp.dtype)
 
 
+def mode_onehot_st(logp: jax.Array) -> jax.Array:
+    """One-hot mode of log-probs (..., K) with straight-through gradients to the probabilities; the forward value
+    is exactly 0/1 (p - sg(p) is 0 before it is added)."""
+    probs = jnp.exp(logp)
+    return mode_onehot(logp) + (probs - sg(probs))
+
+
 def categorical_kl(logp: jax.Array, logq: jax.Array) -> jax.Array:
     """KL(p || q) for log-probs (..., S, K), summed over the S latents and K classes -> (...)."""
     return jnp.sum(jnp.exp(logp) * (logp - logq), (-2, -1))

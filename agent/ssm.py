@@ -95,7 +95,7 @@ class S5Cell(nn.Module):
             lo, hi = np.log(self.cfg.dt_min), np.log(self.cfg.dt_max)
             return jax.random.uniform(key, shape, minval=lo, maxval=hi)
 
-        self.Lambda_re = self.param("Lambda_re", lambda k, s: jnp.asarray(lam.real, jnp.float32), (p,))
+        self.Lambda_re = self.param("Lambda_re", lambda k, s: jnp.full(s, self.cfg.lambda_re, jnp.float32), (p,))
         self.Lambda_im = self.param("Lambda_im", lambda k, s: jnp.asarray(lam.imag, jnp.float32), (p,))
         self.B = self.param("B", b_init, (p, h, 2))
         self.C = self.param("C", c_init, (h, p, 2))

@@ -59,6 +59,11 @@ class WorldModel(nn.Module):
         logits = x.reshape((*x.shape[:-1], self.cfg.stoch, self.cfg.classes))
         return nets.unimix_logits(logits, self.cfg.unimix)
 
+    def latent(self, key: jax.Array, logp: jax.Array) -> jax.Array:
+        """log-probs (..., S, K) -> one-hot z (..., S * K): a sample, or the mode with `sample_latents=False`."""
+        z = nets.sample_onehot(key, logp) if self.cfg.sample_latents else nets.mode_onehot_st(logp)
+        return z.reshape((*logp.shape[:-2], -1))
+
     def posterior(self, obs: dict[str, jax.Array]) -> jax.Array:
         """obs {key: (..., *shape)} -> log-probs (..., S, K) of q(z | o)."""
         parts = []
@@ -112,7 +117,7 @@ class WorldModel(nn.Module):
         bsz, length = is_first.shape
         obs = {k: batch[k] for k, _ in self.obs_spec}
         post_logp = self.posterior(obs)  # (B, T, S, K)
-        stoch = nets.sample_onehot(key, post_logp).reshape((bsz, length, -1))
+        stoch = self.latent(key, post_logp)
         action = jax.nn.one_hot(batch["action"], self.num_actions)
         init_stoch = self.initial_stoch(bsz)
         stoch_prev = jnp.concatenate([init_stoch[:, None], stoch[:, :-1]], 1)
@@ -154,7 +159,7 @@ class WorldModel(nn.Module):
         reset = jnp.zeros((stoch.shape[0], 1), bool)
         deter, hidden = self.sequence(stoch[:, None], action[:, None], reset, hidden)
         deter, hidden = deter[:, 0], hidden[:, 0]
-        stoch = nets.sample_onehot(key, self.prior(deter)).reshape((stoch.shape[0], -1))
+        stoch = self.latent(key, self.prior(deter))
         return Latent(hidden, deter, stoch)
 
     def obs_step(self, hidden, stoch, action, is_first, obs, key) -> Latent:
@@ -163,7 +168,7 @@ class WorldModel(nn.Module):
         stoch = jnp.where(is_first[:, None], self.initial_stoch(stoch.shape[0]), stoch)
         action = jnp.where(is_first[:, None], 0.0, action)
         deter, hidden = self.sequence(stoch[:, None], action[:, None], is_first[:, None], hidden)
-        post = nets.sample_onehot(key, self.posterior(obs)).reshape((stoch.shape[0], -1))
+        post = self.latent(key, self.posterior(obs))
         return Latent(hidden[:, 0], deter[:, 0], post)
 
 

@@ -38,7 +38,7 @@ _LOOP = ["train.num_envs=16", "train.train_ratio=16", "train.batch=8", "train.le
          "train.log_every=2000", "replay.capacity=100000"]
 RECIPES: dict[str, dict] = {
     # = experiments/exp/tmaze20.yaml (tests/orchestrator/test_learn_recipes.py); why each setting: that file
-    "tmaze_passive_L20": dict(agent="tmaze_small", env="tmaze_passive", steps=80_000, target=0.95,
+    "tmaze_passive_L20": dict(agent="tmaze_small", env="tmaze_passive", steps=160_000, target=0.95,
                               set=["env.memory_length=20", "env.episode_length=30", "env.penalty_rule=stall",
                                    "env.goal_reward=10.0", "env.step_penalty=-0.3448275862068966", *_LOOP]),
     # rewards x10: +-1/48 per step is a fifth of a two-hot bin (see experiments/exp/tmaze20.yaml)

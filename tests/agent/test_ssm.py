@@ -1,5 +1,7 @@
 """SSM: HiPPO init, discretisation, and parallel scan == sequential recurrence across resets."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,3 +155,16 @@ def test_stack_reset_installs_learned_initial_state(stack):
     assert not np.allclose(np.asarray(out1[:, 4]), np.asarray(out2[:, 4]), atol=1e-3)
     # incoming state ignored when is_first at t = 0; the state at a reset is A_bar x0 + B_bar u (x0 learned)
     np.testing.assert_allclose(np.asarray(hid1[:, 0]), np.asarray(parallel(params, u1, reset, x2)[1][:, 0]), atol=1e-5)
+
+
+def test_lambda_re_knob_sets_the_initial_decay():
+    u = jnp.zeros((1, 2, CFG.units))
+    reset = jnp.ones((1, 2), bool)
+    x = jnp.zeros((1, CFG.layers, CFG.hidden), jnp.complex64)
+    for lam_re in (-0.5, -0.05):
+        cfg = dataclasses.replace(CFG, lambda_re=lam_re)
+        params = SSMStack(cfg).init(jax.random.PRNGKey(0), u, reset, x)
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        got = [v for p, v in leaves if getattr(p[-1], "key", None) == "Lambda_re"]
+        assert len(got) == 1
+        np.testing.assert_array_equal(np.asarray(got[0]), np.float32(lam_re))

@@ -1,10 +1,12 @@
 """The training path (parallel scan over a batch) and the acting path (obs_step per step) agree on the step layout."""
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from agent import nets
@@ -16,10 +18,15 @@ PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "agent"
 NUM_ACTIONS = 3
 
 
-def test_training_and_acting_paths_agree(monkeypatch):
-    # deterministic latents (mode instead of sample) so both paths see the same z_t
-    monkeypatch.setattr(nets, "sample_onehot", lambda key, logp: nets.mode_onehot(logp))
+@pytest.mark.parametrize("knob", [False, True], ids=["patched-sampler", "sample_latents=false"])
+def test_training_and_acting_paths_agree(monkeypatch, knob):
+    # deterministic latents (mode instead of sample) so both paths see the same z_t: either by patching the sampler
+    # or through the config knob, whose mode must then be used on both paths
     cfg = agent_config_from(OmegaConf.load(PRESETS / "tiny.yaml"))
+    if knob:
+        cfg = dataclasses.replace(cfg, sample_latents=False)
+    else:
+        monkeypatch.setattr(nets, "sample_onehot", lambda key, logp: nets.mode_onehot(logp))
     wm = WorldModel(cfg, normalize_obs_spec({"vector": (3,)}), NUM_ACTIONS)
     rng = np.random.default_rng(3)
     bsz, length = 3, 10
@@ -48,3 +55,17 @@ def test_training_and_acting_paths_agree(monkeypatch):
         np.testing.assert_array_equal(np.asarray(lat.stoch), np.asarray(post.stoch[:, t]))
         hidden, stoch = lat.hidden, lat.stoch
         action = jax.nn.one_hot(batch["action"][:, t], NUM_ACTIONS)
+
+
+def test_mode_latents_make_imagination_deterministic():
+    cfg = dataclasses.replace(agent_config_from(OmegaConf.load(PRESETS / "tiny.yaml")), sample_latents=False)
+    wm = WorldModel(cfg, normalize_obs_spec({"vector": (3,)}), NUM_ACTIONS)
+    hidden = jnp.zeros((2, cfg.ssm.layers, cfg.ssm.hidden), jnp.complex64)
+    stoch = jnp.zeros((2, cfg.stoch_size))
+    action = jax.nn.one_hot(jnp.array([0, 2]), NUM_ACTIONS)
+    params = wm.init(jax.random.PRNGKey(0), hidden, stoch, action, jax.random.PRNGKey(1), method=WorldModel.img_step)
+    a, b = (wm.apply(params, hidden, stoch, action, jax.random.PRNGKey(k), method=WorldModel.img_step)
+            for k in (1, 2))
+    np.testing.assert_array_equal(np.asarray(a.stoch), np.asarray(b.stoch))
+    np.testing.assert_array_equal(np.asarray(a.stoch), np.asarray(nets.mode_onehot(wm.apply(
+        params, a.deter, method=WorldModel.prior)).reshape(2, -1)))
