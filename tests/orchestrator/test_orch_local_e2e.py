@@ -33,7 +33,10 @@ def test_foreground_ctrl_c_commits_and_the_same_command_resumes(root, monkeypatc
     cli = subprocess.Popen(submit_cmd(root, 600), cwd=REPO_ROOT, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while not (run / "logs" / "metrics.jsonl").exists() and cli.poll() is None and time.time() < deadline:
+    # submissions.jsonl is written after the submit, once the CLI answers Ctrl-C again (during the submit it ignores
+    # SIGINT so that the job inherits SIG_IGN; a Ctrl-C in that window is dropped)
+    while not ((run / "logs" / "metrics.jsonl").exists() and (run / "submissions.jsonl").exists()) \
+            and cli.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(cli.pid, signal.SIGINT)
     out, _ = cli.communicate(timeout=120)
