@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-delay-s", type=float, default=Settings().max_delay_s)
     p.add_argument("--faults-per-trial", type=int, default=Settings().faults_per_trial,
                    help="faults delivered to one run, one per attempt (second_writer: 1)")
-    p.add_argument("--fault-after-steps", type=int, default=0,
+    p.add_argument("--fault-after-steps", type=int, default=Settings().fault_after_steps,
                    help="no fault before a commit holds this many env steps (restore cost at a large buffer)")
     p.add_argument("--trial-timeout-s", type=float, default=Settings().timeout_s)
     p.add_argument("--stop-by", default="", help="UTC HH:MM after which no new trial starts")
@@ -167,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         if stop_by is not None and time.time() > stop_by:
             result["stopped_early"] = f"--stop-by {a.stop_by} reached with {len(trials)} trials"
             break
-        if code_digest() != code:
-            result["stopped_early"] = (f"the code changed after {len(trials)} trials (digest {code} -> "
-                                       f"{code_digest()}); run chaos from a worktree nobody edits")
+        now = code_digest()
+        if now != code:
+            result["stopped_early"] = (f"the code changed after {len(trials)} trials (digest {code} -> {now}); "
+                                       "run chaos from a worktree nobody edits")
             print(result["stopped_early"], flush=True)
             break
         rec = run_trial(kind, i, s, rng)
