@@ -120,6 +120,8 @@ def run_job(run_dir: str) -> str:
     """Run (or resume) one run to "done" or to a stop; exits with REQUEUE_EXIT when it wants a requeue."""
     flag = StopFlag(request_file=os.environ.get("R2I_FACTS_FILE") or None)
     flag.install()  # first: a stop request must never be lost, nor kill the process
+    # the local launcher submits with SIGINT blocked (and ignored): unblock it, its action stays SIG_IGN
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     cfg = load_run_config(Path(run_dir) / "config.yaml")
     sweep, run = Path(run_dir).parent.name, Path(run_dir).name
     paths = run_paths(cfg, Path(run_dir).parent, run).resolved()

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,28 @@ class Launched:
     run: str
     job_id: str
     job: object  # submitit Job (local: holds the controller process)
+    interrupted: bool = False  # a Ctrl-C arrived while it was being submitted
+
+
+@contextmanager
+def _children_ignore(signals: list[signal.Signals]):
+    """Processes started inside inherit SIG_IGN for `signals`; one that arrives meanwhile is reported, not lost.
+
+    The signals are blocked as well as ignored: Linux keeps a blocked signal pending even when its action is
+    SIG_IGN, so a Ctrl-C during the submit shows up in sigpending() instead of vanishing. Unblocking while the
+    action is still SIG_IGN then discards it, and the caller acts on the report.
+    """
+    wanted = set(signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    caught: list[signal.Signals] = []
+    try:
+        yield caught
+    finally:
+        caught.extend(s for s in signal.sigpending() if s in wanted)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _wrapper(sweep: Sweep) -> str:
@@ -116,6 +139,7 @@ def _launch(sweep: Sweep, run: str, how: str, detach: bool) -> Launched:
 
     cfg = sweep.config(run)
     paths = sweep.paths(run)
+    interrupted = False
     paths.slurm_dir.mkdir(parents=True, exist_ok=True)
     c = cfg.cluster
     if c.kind == "slurm":
@@ -131,15 +155,25 @@ def _launch(sweep: Sweep, run: str, how: str, detach: bool) -> Launched:
         executor.update_parameters(timeout_min=c.time_min, signal_delay_s=c.signal_grace_s)
         # The job must not see the terminal's Ctrl-C (submitit's controller would SIGKILL it a second later):
         # children inherit SIG_IGN; the foreground display turns Ctrl-C into SIGTERM -> stop with a commit.
-        ignored = [signal.SIGINT] + ([signal.SIGHUP] if detach else [])
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
-        try:
+        with _children_ignore([signal.SIGINT] + ([signal.SIGHUP] if detach else [])) as caught:
             job = executor.submit(run_job, str(paths.run_dir))
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        if signal.SIGINT in caught:
+            interrupted = True
     sweep.record_submission(run, str(job.job_id), c.kind, how=how)
-    return Launched(run, str(job.job_id), job)
+    return Launched(run, str(job.job_id), job, interrupted)
+
+
+def _launch_all(sweep: Sweep, runs: list[str], how: str, detach: bool) -> list[Launched]:
+    """Launch in order; a Ctrl-C during a local submit stops here (the rest stay unsubmitted, resumable)."""
+    launched: list[Launched] = []
+    for i, run in enumerate(runs):
+        launched.append(_launch(sweep, run, how, detach))
+        if launched[-1].interrupted:
+            rest = runs[i + 1:]
+            print(f"Ctrl-C during the submit of {run}: stopping the started job(s) with a commit"
+                  + (f"; not submitted: {', '.join(rest)}" if rest else ""))
+            break
+    return launched
 
 
 def _plan(exp: str, seeds: list[int] | None, args: list[str], profile: str | None, kind: str,
@@ -176,7 +210,7 @@ def submit(exp: str, seeds: list[int] | None = None, args: str | list[str] = (),
     sweep = create_sweep(root, name, request, runs)
     if kind == "slurm":
         _wrapper(sweep)
-    launched = [_launch(sweep, spec.name, "submit", detach) for spec in runs]
+    launched = _launch_all(sweep, [spec.name for spec in runs], "submit", detach)
     _report(sweep, launched, kind, detach, follow)
     return sweep, launched
 
@@ -212,7 +246,7 @@ def resume(sweep_name: str, root: Path | None = None, detach: bool = False,
         preflight(cfg)
     if "slurm" in kinds:
         _wrapper(sweep)
-    launched = [_launch(sweep, run, "resume", detach) for run in todo]
+    launched = _launch_all(sweep, todo, "resume", detach)
     if not launched:
         print(f"sweep {sweep.name}: nothing to resume")
         return sweep, []
@@ -244,20 +278,24 @@ def _report(sweep: Sweep, launched: list[Launched], kind: str, detach: bool, fol
         print(f"{sweep.name}/{item.run}: {kind} job {item.job_id}")
     print(f"sweep folder: {sweep.dir}")
     print(f"status: make status SWEEP={sweep.name}   (python -m orchestrator status --sweep {sweep.name})")
-    if kind == "local" and not detach and follow:
+    if any(item.interrupted for item in launched):
+        follow_local(sweep, launched, stop=True)
+    elif kind == "local" and not detach and follow:
         follow_local(sweep, launched)
     elif kind == "local" and detach:
         print(f"running in the background; stop with: make cancel SWEEP={sweep.name}")
 
 
-def follow_local(sweep: Sweep, launched: list[Launched], refresh_s: float = 1.0) -> None:
-    """Live table until the local jobs end; Ctrl-C asks them to stop at the next step boundary (commit)."""
+def follow_local(sweep: Sweep, launched: list[Launched], refresh_s: float = 1.0, stop: bool = False) -> None:
+    """Live table until the local jobs end; Ctrl-C (or `stop`) asks them to stop at the next step boundary."""
     from rich.console import Console
     from rich.live import Live
 
     procs = [item.job._process for item in launched if getattr(item.job, "_process", None) is not None]
     console = Console()
-    stopping = False
+    stopping = stop
+    for p in procs if stop else []:
+        p.send_signal(signal.SIGTERM)
     with Live(table(sweep.name, sweep_status(sweep)), console=console, refresh_per_second=2) as live:
         while any(p.poll() is None for p in procs):
             try:
