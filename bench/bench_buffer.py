@@ -97,12 +97,13 @@ def fill_cpu(r: Replay, src: StepSource, steps_per_stream: int) -> tuple[float, 
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_add(work: Path, pool: np.ndarray, steps: int) -> dict:
+def bench_add(work: Path, pool: np.ndarray, steps: int, level: int = 1,
+              settings: tuple[tuple[int, int], ...] = ((1, 1), (16, 1), (16, 2))) -> dict:
     out = {}
-    for w, threads in [(1, 1), (16, 1), (16, 2)]:
-        d = work / f"add-{w}-{threads}"
+    for w, threads in settings:
+        d = work / f"add-{w}-{threads}-l{level}"
         d.mkdir(parents=True)
-        cfg = ReplayConfig(capacity=10**8, threads=threads)
+        cfg = ReplayConfig(capacity=10**8, threads=threads, zstd_level=level)
         with Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b") as r:
             dt, cpu = fill_cpu(r, StepSource(w, pool), steps // w)
             n = (steps // w) * w
@@ -138,14 +139,15 @@ def memmap_read(mm: np.ndarray, plan: tuple[np.ndarray, np.ndarray], length: int
 
 
 def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: int,
-                 shapes: list[tuple[int, int]], compute_ms: float) -> dict:
+                 shapes: list[tuple[int, int]], compute_ms: float, level: int = 1, warm_only: bool = False) -> dict:
     """sample() against a memmap read of the very same sequences, in three regimes:
     warm (page cache) back to back; cold (our files evicted before each batch); and learner-like, where a
-    simulated train step of `compute_ms` separates samples and we time the sample() call only."""
-    w, d = 16, work / f"sample-inner{inner}"
+    simulated train step of `compute_ms` separates samples and we time the sample() call only.
+    `warm_only`: the warm regime without prefetch (comparing zstd levels)."""
+    w, d = 16, work / f"sample-inner{inner}-l{level}"
     t = steps // w
     d.mkdir(parents=True)
-    cfg0 = ReplayConfig(capacity=10**8, fsync=False, inner=inner)
+    cfg0 = ReplayConfig(capacity=10**8, fsync=False, inner=inner, zstd_level=level)
     base = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg0, batch=1, length=1, writer_token="b")
     fill(base, StepSource(w, pool), t)
     base.commit({})
@@ -158,7 +160,7 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
 
     def open_replay(batch: int, length: int, prefetch: int) -> Replay:
         cfg = ReplayConfig(capacity=10**8, prefetch=prefetch, threads=2, cache_mb=1024, lazy=True,
-                           inner=inner)
+                           inner=inner, zstd_level=level)
         rr = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=batch, length=length,
                     writer_token=f"s{prefetch}")
         rr.restore()
@@ -168,7 +170,7 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
     for batch, length in shapes:
         res: dict = {}
         plans = None
-        for prefetch in (0, 2):
+        for prefetch in (0,) if warm_only else (0, 2):
             rr = open_replay(batch, length, prefetch)
             rr.sample()  # warm-up
             draws0 = rr.info["draws"]
@@ -188,8 +190,11 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
         dtm, cpu = time.perf_counter() - t0, time.process_time() - c0
         res["warm_memmap"] = {"GBps": mb / dtm / 1e9, "ms_per_batch": dtm / rounds * 1e3,
                               "cpu_ms_per_batch": cpu / rounds * 1e3}
-        for k in ("warm_prefetch0", "warm_prefetch2"):
+        for k in ("warm_prefetch0",) if warm_only else ("warm_prefetch0", "warm_prefetch2"):
             res[k]["ratio_vs_memmap"] = res["warm_memmap"]["ms_per_batch"] / res[k]["ms_per_batch"]
+        if warm_only:
+            out[f"B{batch}xT{length}"] = res
+            continue
         # cold: no prefetch, no cache hits, our files evicted from the page cache before each batch
         rr = open_replay(batch, length, 0)
         cold, cold_mm = 0.0, 0.0
@@ -356,6 +361,13 @@ def main() -> None:
     if not q:  # chunk layout lever: smaller inner chunks waste less decoding on short sequences
         res["sample_inner16"] = bench_sample(work, pool, 100_000, 20, 16, [(16, 64)], 100.0)
         print("sample_inner16", json.dumps(res["sample_inner16"]), flush=True)
+    if not q:  # codec lever: negative zstd levels encode and decode faster and store a little more
+        res["zstd_levels"] = {}
+        for level in (1, -1, -3):
+            lv = {"add": bench_add(work, pool, 65536, level, ((1, 1), (16, 1))),
+                  "sample": bench_sample(work, pool, 100_000, 20, 64, shapes, 100.0, level, warm_only=True)}
+            res["zstd_levels"][str(level)] = lv
+            print("zstd_level", level, json.dumps(lv), flush=True)
     res["commit"] = bench_commit(work, pool, 16384 if q else 200_000, 16384 if q else 65536, 3)
     print("commit", json.dumps(res["commit"]), flush=True)
     res["restore"] = {}
