@@ -25,7 +25,7 @@ CHAOS_ARGS ?= --trials-per-kind 5 --faults-per-trial 5 --max-delay-s 8
 # The same faults once the buffer holds 1M steps (64 in-process T-Maze envs fill it in minutes) -> chaos_1m.json
 CHAOS_1M_ARGS ?= --kinds preempt,scratch_wipe,sigkill --trials-per-kind 1 --faults-per-trial 3 --max-delay-s 8 \
   --fault-after-steps 1000000 --trial-timeout-s 3600 --root /tmp/r2i-chaos-1m --out bench/results/chaos_1m.json \
-  --args "train.steps=1010000 train.prefill=1000000 train.num_envs=64 train.env_processes=false train.train_ratio=2 \
+  --args "train.steps=1060000 train.prefill=1000000 train.num_envs=64 train.env_processes=false train.train_ratio=2 \
   train.log_every=10000 train.commit_every_min=0.1 replay.chunk=1024 replay.capacity=1100000 cluster.cpus=1 \
   cluster.time_min=60"
 # docker/image.env: IMAGE_NAME, BASE_IMAGE, DEBIAN_SUITE, ARCHIVE_DIR (shared with docker/ and singularity/r2i.def)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.chaos import KINDS, ChaosError, Settings, run_trial, verdict
+from orchestrator.chaos import KINDS, ChaosError, Settings, compact_events, run_trial, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 GRACE = {"timeout": "15-45 s (USR2 on the 30 s timer, limit 1 min)", "preempt": "15 s (GraceTime)",
@@ -85,11 +85,13 @@ def table(summary: dict) -> str:
 
 
 def resummarize(out: Path) -> int:
-    """Recompute every verdict, the summary and the table of an existing result file (no cluster needed)."""
+    """Recompute every verdict, the summary and the table of an existing result file (no cluster needed); drops
+    the per-step events `verdict` does not read."""
     result = json.loads(out.read_text())
     for t in result.get("trials", []):
         if isinstance(t["notes"], dict):  # files written before faults_per_trial: one fault per trial
             t["notes"] = [t["notes"]] if t["kind"] not in ("reference", "timeout") else []
+        t["events"] = compact_events(t["events"])
         t["verdict"] = verdict(t, result["reference"]["fingerprint"])
     result.update(summary=summarize(result.get("trials", [])))
     result["table_md"] = table(result["summary"])

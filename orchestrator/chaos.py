@@ -407,7 +407,7 @@ def _run_trial(kind: str, index: int, s: Settings, overrides: str, name: str, rn
     record.update(state=st.get("state"), run_error=st.get("error"), notes=t.faults, commits=t.commits,
                   attempts=[{k: a.get(k) for k in ("job_id", "restart", "start", "end", "outcome", "stop")}
                             for a in st.get("attempts", [])],
-                  events=_events(paths.logs / EVENTS), wall_s=round(time.time() - t.t_submit, 1))
+                  events=compact_events(_events(paths.logs / EVENTS)), wall_s=round(time.time() - t.t_submit, 1))
     try:
         record["fingerprint"] = fingerprint(paths.durable, paths.metrics)
     except Exception as e:  # noqa: BLE001 - a store we cannot read is a result of the trial
@@ -424,6 +424,24 @@ def _events(path: Path) -> list[dict]:
             out.append(json.loads(line))
         except ValueError:
             continue  # a line torn by SIGKILL
+    return out
+
+
+def compact_events(events: list[dict]) -> list[dict]:
+    """Every event but the per-step ones, of which each attempt keeps its first and last: all `verdict` reads
+    (a trial logs one per loop iteration, megabytes per result file otherwise)."""
+    last: dict[str, int] = {}
+    for i, e in enumerate(events):
+        if e["ev"] == "step":
+            last[e["token"]] = i
+    seen: set[str] = set()
+    out = []
+    for i, e in enumerate(events):
+        if e["ev"] == "step":
+            if e["token"] in seen and last[e["token"]] != i:
+                continue
+            seen.add(e["token"])
+        out.append(e)
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.chaos import verdict
+from orchestrator.chaos import compact_events, verdict
 
 FP = {"blobs": {"agent_state": "a"}, "replay": "r", "loop": {"env_steps": 100}, "metrics": "m", "device": "d",
       "corrupt": []}
@@ -36,6 +36,15 @@ def test_a_resume_behind_a_published_commit_counts_as_lost_and_a_changed_state_a
     v = verdict(record([(12.0, 40, "m1", 10), (29.0, 80, "m3", 30)], fingerprint=other), FP)
     assert v["lost_steps"] == 80 - 60
     assert v["corrupt_restore"] and not v["identical"] and v["differences"] == ["replay"]
+
+
+def test_compacted_events_keep_every_figure_of_the_verdict():
+    rec = record([(12.0, 40, "m1", 10), (20.0, 60, "m2", 20)])
+    small = compact_events(rec["events"])
+    steps = [(e["token"], e["n"]) for e in small if e["ev"] == "step"]
+    assert steps == [("A", 2), ("A", 51), ("B", 2)]
+    assert [e for e in small if e["ev"] != "step"] == [e for e in rec["events"] if e["ev"] != "step"]
+    assert verdict({**rec, "events": small}, FP) == verdict(rec, FP)
 
 
 def test_a_stop_commit_is_timed_from_the_flag_and_from_the_signal():
