@@ -35,7 +35,7 @@ DEFAULT_TRAIN = dict(num_envs=4, env_processes=False, train_ratio=64, batch=8, l
 # The settings behind the curves in the README. Success and returns are those of the training episodes (the policy
 # samples its actions; there is no separate greedy evaluation, as in the reference).
 _LOOP = ["train.num_envs=16", "train.train_ratio=16", "train.batch=8", "train.length=64", "train.prefill=2000",
-         "train.log_every=2000", "replay.capacity=100000"]
+         "train.log_every=2000", "replay.capacity=200000"]
 RECIPES: dict[str, dict] = {
     # = experiments/exp/tmaze20.yaml (tests/orchestrator/test_learn_recipes.py); why each setting: that file
     "tmaze_passive_L20": dict(agent="tmaze_small", env="tmaze_passive", steps=160_000, target=0.95,
