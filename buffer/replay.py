@@ -443,9 +443,9 @@ class Replay(Persistence):
             try:
                 for key, size in keys.items():
                     if listing.get(key) != size:
-                        raise CorruptChunkError(
-                            f"durable chunk {d.url}/{key} referenced by manifest {mkey} is missing or has "
-                            f"{listing.get(key)} bytes instead of {size}", key=key, manifest=mkey)
+                        found = "is missing" if key not in listing else f"has {listing[key]} bytes instead of {size}"
+                        raise CorruptChunkError(f"durable chunk {d.url}/{key} referenced by manifest {mkey} {found}",
+                                                key=key, manifest=mkey)
                 blobs, extra = self._load(m, mkey)
                 if not self.cfg.lazy:
                     jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]
