@@ -102,7 +102,9 @@ def _children_ignore(signals: list[signal.Signals]):
 
     The signals are blocked as well as ignored: Linux keeps a blocked signal pending even when its action is
     SIG_IGN, so a Ctrl-C during the submit shows up in sigpending() instead of vanishing. Unblocking while the
-    action is still SIG_IGN then discards it, and the caller acts on the report.
+    action is still SIG_IGN then discards it, and the caller acts on the report. The mask is per thread: this
+    holds while the calling thread is the only one (the CLI's case); another thread that leaves SIGINT unblocked
+    would take the signal and, under SIG_IGN, drop it.
     """
     wanted = set(signals)
     signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
