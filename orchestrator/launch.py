@@ -106,8 +106,8 @@ def _children_ignore(signals: list[signal.Signals]):
     holds while the calling thread is the only one (the CLI's case); another thread that leaves SIGINT unblocked
     would take the signal and, under SIG_IGN, drop it.
     """
-    wanted = set(signals)
-    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    # signals the caller had blocked already are left blocked afterwards
+    wanted = set(signals) - signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
     old = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     caught: list[signal.Signals] = []
     try:
@@ -159,8 +159,7 @@ def _launch(sweep: Sweep, run: str, how: str, detach: bool) -> Launched:
         # children inherit SIG_IGN; the foreground display turns Ctrl-C into SIGTERM -> stop with a commit.
         with _children_ignore([signal.SIGINT] + ([signal.SIGHUP] if detach else [])) as caught:
             job = executor.submit(run_job, str(paths.run_dir))
-        if signal.SIGINT in caught:
-            interrupted = True
+        interrupted = signal.SIGINT in caught
     sweep.record_submission(run, str(job.job_id), c.kind, how=how)
     return Launched(run, str(job.job_id), job, interrupted)
 
