@@ -120,8 +120,11 @@ def run_job(run_dir: str) -> str:
     """Run (or resume) one run to "done" or to a stop; exits with REQUEUE_EXIT when it wants a requeue."""
     flag = StopFlag(request_file=os.environ.get("R2I_FACTS_FILE") or None)
     flag.install()  # first: a stop request must never be lost, nor kill the process
-    # the local launcher submits with SIGINT blocked (and ignored): unblock it, its action stays SIG_IGN
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set()):
+        # started by the local launcher, which blocks SIGINT so that no job acts on the terminal's Ctrl-C:
+        # ignore it first (a pending one is dropped), then unblock, so that env workers inherit SIG_IGN
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     cfg = load_run_config(Path(run_dir) / "config.yaml")
     sweep, run = Path(run_dir).parent.name, Path(run_dir).name
     paths = run_paths(cfg, Path(run_dir).parent, run).resolved()

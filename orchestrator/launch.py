@@ -97,26 +97,27 @@ class Launched:
 
 
 @contextmanager
-def _children_ignore(signals: list[signal.Signals]):
-    """Processes started inside inherit SIG_IGN for `signals`; one that arrives meanwhile is reported, not lost.
+def _jobs_shielded(detach: bool):
+    """Processes started inside never act on the terminal's Ctrl-C (nor, detached, on its hangup); a Ctrl-C that
+    arrives meanwhile is recorded in the yielded list, not lost.
 
-    The signals are blocked as well as ignored: Linux keeps a blocked signal pending even when its action is
-    SIG_IGN, so a Ctrl-C during the submit shows up in sigpending() instead of vanishing. Unblocking while the
-    action is still SIG_IGN then discards it, and the caller acts on the report. The mask is per thread: this
-    holds while the calling thread is the only one (the CLI's case); another thread that leaves SIGINT unblocked
-    would take the signal and, under SIG_IGN, drop it.
+    SIGINT is blocked in this thread, and children inherit the mask: the job (`run_job`) sets SIGINT to SIG_IGN
+    before unblocking it, and submitit's controller keeps it blocked. Here a recording handler stands in for
+    the usual one, so the Ctrl-C is kept whichever thread the kernel hands it to (native threads, e.g. BLAS's,
+    do not block it); unblocking delivers one that waited in this thread. SIGHUP is ignored outright.
     """
-    # signals the caller had blocked already are left blocked afterwards
-    wanted = set(signals) - signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
-    caught: list[signal.Signals] = []
+    caught: list[int] = []
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old_int = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN) if detach else None
     try:
         yield caught
     finally:
-        caught.extend(s for s in signal.sigpending() if s in wanted)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
-        for s, h in old.items():
-            signal.signal(s, h)
+        if signal.SIGINT not in old_mask:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # runs the recorder for a pending one
+        signal.signal(signal.SIGINT, old_int)
+        if detach:
+            signal.signal(signal.SIGHUP, old_hup)
 
 
 def _wrapper(sweep: Sweep) -> str:
@@ -155,11 +156,11 @@ def _launch(sweep: Sweep, run: str, how: str, detach: bool) -> Launched:
     else:
         executor = submitit.LocalExecutor(folder=paths.slurm_dir)
         executor.update_parameters(timeout_min=c.time_min, signal_delay_s=c.signal_grace_s)
-        # The job must not see the terminal's Ctrl-C (submitit's controller would SIGKILL it a second later):
-        # children inherit SIG_IGN; the foreground display turns Ctrl-C into SIGTERM -> stop with a commit.
-        with _children_ignore([signal.SIGINT] + ([signal.SIGHUP] if detach else [])) as caught:
+        # The job must not see the terminal's Ctrl-C (submitit's controller would SIGKILL it a second later);
+        # the foreground display turns Ctrl-C into SIGTERM -> stop with a commit.
+        with _jobs_shielded(detach) as caught:
             job = executor.submit(run_job, str(paths.run_dir))
-        interrupted = signal.SIGINT in caught
+        interrupted = bool(caught)
     sweep.record_submission(run, str(job.job_id), c.kind, how=how)
     return Launched(run, str(job.job_id), job, interrupted)
 
