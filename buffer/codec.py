@@ -109,6 +109,27 @@ class ShardCodec:
             raise CorruptChunkError(f"shard {where} has empty inner chunks; only full shards are written")
         return index
 
+    def split_head(self, shard: bytes, m: int) -> tuple[list[bytes], int]:
+        """(frames of the first m inner chunks, without their crc32c; bytes those chunks fill in `shard`)."""
+        index = self.parse_index(shard[-self.index_nbytes():], "split_head")
+        assert (index[0, 0] == 0 and (index[1:, 0] == index[:-1].sum(axis=1)).all()), index  # written in order
+        n = index[:m, 1].astype(np.int64)
+        return [shard[o:o + k - 4] for o, k in zip(index[:m, 0].tolist(), n.tolist(), strict=True)], int(n.sum())
+
+    def join_head(self, head: bytes, m: int, rest: bytes, where: str) -> bytes:
+        """Inverse of split_head: a shard file from its first m inner chunks' frames and the rest of the file.
+        The frame boundaries come from the index at the end of `rest`."""
+        index = self.parse_index(rest[-self.index_nbytes():], where)
+        n = index[:m, 1].astype(np.int64) - 4
+        if int(n.sum()) != len(head) or (n < 0).any():
+            raise CorruptChunkError(f"head of {len(head)} bytes does not match the index of {where}")
+        parts, o = [], 0
+        for k in n.tolist():
+            frame = head[o:o + k]
+            parts += [frame, crc32c(frame).to_bytes(4, "little")]
+            o += k
+        return b"".join([*parts, rest])
+
     def decode_inner(self, enc: bytes | memoryview, out: np.ndarray, where: str) -> None:
         """Decode one inner chunk (zstd bytes + crc32c) into `out` ((inner, *shape), contiguous).
 

@@ -3,6 +3,8 @@
 Layout under the root:
   writer.json                          current writer {token, generation}; a newer writer fences older ones
   chunks/<stream>/<k>-<crc>.bin        finished shard k of one stream, all fields concatenated; written once
+  chunks/<stream>/<k>-<crc>-h<m>.bin   the same without its first m inner chunks, which an earlier commit's
+                                       pack already holds (the manifest's `heads` say where)
   packs/<commit>-<gen>.pack            partial tails and caller blobs of one commit
   manifests/<commit>-<gen>.json        the commit, written last and write-once (tmp + link locally, a create-only
                                        PUT elsewhere)
@@ -48,8 +50,8 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory: an error only means no head start
 
 
-def chunk_key(stream: int, k: int, obj_crc: int) -> str:
-    return f"{CHUNK_DIR}/{stream}/{k:010d}-{obj_crc:08x}.bin"
+def chunk_key(stream: int, k: int, obj_crc: int, head: int = 0) -> str:
+    return f"{CHUNK_DIR}/{stream}/{k:010d}-{obj_crc:08x}{f'-h{head:02d}' if head else ''}.bin"
 
 
 def manifest_key(commit: int, gen: int) -> str:
@@ -222,6 +224,13 @@ class Durable:
             return self.fs.cat_file(self.path(key))
         except (OSError, KeyError) as e:
             raise DurableStoreError(f"reading {self.url}/{key}: {e}") from e
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of one object."""
+        try:
+            return self.fs.cat_file(self.path(key), start=start, end=end)
+        except (OSError, KeyError) as e:
+            raise DurableStoreError(f"reading {self.url}/{key}[{start}:{end}]: {e}") from e
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))

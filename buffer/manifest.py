@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from .codec import checksum
 from .config import Schema, schema_to_json
-from .durable import chunk_key
-from .errors import SchemaError
+from .durable import Durable, chunk_key
+from .errors import DurableStoreError, SchemaError
 
-FORMAT = "r2i-replay/1"
+FORMAT = "r2i-replay/2"
+READABLE = (FORMAT, "r2i-replay/1")  # /1 has no heads: every chunk object is a whole shard
 
 
 @dataclass
@@ -22,6 +24,38 @@ class ShardInfo:
     size: np.ndarray  # (W, F) u32 bytes of each field's shard file
     crc: np.ndarray  # (W, F) u32 checksum of each field's shard file
     obj: np.ndarray  # (W,) u32 id of the durable object: checksum of its per-file checksums
+
+
+class Segment(NamedTuple):
+    """`m` consecutive inner chunks of one stream's shard, durable as zstd frames (without their crc32c) in a
+    commit's pack: every field's frames back to back from `off`, field j taking nbytes[j] bytes.
+
+    A commit writes the frames of the open shard's full inner chunks that no earlier commit wrote, as one
+    segment; the shard's chunk object, once the shard is finished, holds only what its segments do not."""
+
+    pack: str
+    pack_nbytes: int
+    m: int
+    off: int
+    nbytes: tuple[int, ...]
+    crc: int  # checksum() of all fields' frames together
+
+    def field(self, buf: bytes, j: int) -> bytes:
+        """Field j's frames out of this segment's bytes `buf`."""
+        a = sum(self.nbytes[:j])
+        return buf[a:a + self.nbytes[j]]
+
+
+Head = tuple[Segment, ...]  # a shard's segments in order; together its first head_m() inner chunks
+
+
+def head_m(head: Head) -> int:
+    return sum(s.m for s in head)
+
+
+def head_file_bytes(head: Head, j: int) -> int:
+    """Bytes a head stands for in field j's shard file (each inner chunk there carries a crc32c)."""
+    return sum(s.nbytes[j] + 4 * s.m for s in head)
 
 
 def object_ids(crc: np.ndarray) -> np.ndarray:
@@ -66,19 +100,89 @@ def decode_tables(m: dict) -> dict[int, ShardInfo]:
     return {k_lo + i: ShardInfo(size[i], crc[i], obj[i]) for i in range(n)}
 
 
+def read_segments(d: Durable, segs: list[Segment]) -> tuple[dict[Segment, bytes], str | None]:
+    """(bytes of each segment that verifies, key of a pack where one does not or that is gone (None if all do)).
+    One range read per pack covers its segments; a read that fails otherwise raises DurableStoreError."""
+    out: dict[Segment, bytes] = {}
+    by_pack: dict[str, list[Segment]] = {}
+    for g in segs:
+        by_pack.setdefault(g.pack, []).append(g)
+    for pack, gs in by_pack.items():
+        lo, hi = min(g.off for g in gs), max(g.off + sum(g.nbytes) for g in gs)
+        try:
+            buf = d.get_range(pack, lo, hi)
+        except DurableStoreError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
+            return out, pack
+        for g in gs:
+            b = buf[g.off - lo:g.off - lo + sum(g.nbytes)]
+            if len(b) != sum(g.nbytes) or checksum(b) != g.crc:
+                return out, pack
+            out[g] = b
+    return out, None
+
+
+def head_fields(head: Head, got: dict[Segment, bytes], nfields: int) -> list[bytes]:
+    """Per field, the frames of a head's inner chunks in order, from its segments' bytes."""
+    return [b"".join(g.field(got[g], j) for g in head) for j in range(nfields)]
+
+
+def encode_heads(heads: dict[int, dict[int, Head]], k_lo: int, k_hi: int) -> dict:
+    """Segments of the shards in [k_lo, k_hi]: the packs they are in, and one uint32 row per segment, in order
+    (k, w, m, pack index, off, crc, nbytes per field). Shard k_hi is the open one: its segments are the durable
+    start of the tail."""
+    packs: dict[str, int] = {}
+    rows = []
+    for k in range(k_lo, k_hi + 1):
+        for w, head in sorted(heads.get(k, {}).items()):
+            for g in head:
+                rows.append([k, w, g.m, packs.setdefault(g.pack, len(packs)), g.off, g.crc, *g.nbytes])
+    sizes = {g.pack: g.pack_nbytes for hs in heads.values() for head in hs.values() for g in head}
+    assert all(0 <= x < 2**32 for r in rows for x in r), "segment offsets beyond 4 GiB into a pack"
+    return {"packs": [[p, sizes[p]] for p in packs],
+            "rows": base64.b64encode(np.array(rows, "<u4").tobytes()).decode()}
+
+
+def decode_heads(m: dict) -> dict[int, dict[int, Head]]:
+    """shard k -> stream w -> its segments, for the shards of manifest `m` (the open one included) that have some."""
+    h = m.get("heads")
+    if not h or not h["rows"]:
+        return {}
+    rows = np.frombuffer(base64.b64decode(h["rows"]), "<u4").reshape(-1, 6 + len(m["schema"])).tolist()
+    out: dict[int, dict[int, Head]] = {}
+    for k, w, n, i, off, crc, *nbytes in rows:
+        pack, size = h["packs"][i]
+        ws = out.setdefault(k, {})
+        ws[w] = (*ws.get(w, ()), Segment(pack, size, n, off, tuple(nbytes), crc))
+    return out
+
+
 def chunk_keys(m: dict) -> dict[str, int]:
     """{durable chunk key: size} of every chunk object the manifest references."""
     out = {}
+    heads = decode_heads(m)
     for k, info in decode_tables(m).items():
         for w in range(m["num_streams"]):
-            out[chunk_key(w, k, int(info.obj[w]))] = int(info.size[w].sum())
+            h = heads.get(k, {}).get(w, ())
+            size = int(info.size[w].sum()) - sum(head_file_bytes(h, j) for j in range(info.size.shape[1]))
+            out[chunk_key(w, k, int(info.obj[w]), head_m(h))] = size
+    return out
+
+
+def object_keys(m: dict) -> dict[str, int]:
+    """{key: size} of every durable object the manifest's shards and tails need: chunk objects and the packs of
+    their segments (the manifest's own pack is not listed unless a segment is in it)."""
+    out = chunk_keys(m)
+    for pack, nbytes in (m.get("heads") or {}).get("packs", []):
+        out[pack] = nbytes
     return out
 
 
 def check_compatible(m: dict, key: str, schema: Schema, num_streams: int, chunk: int, inner: int) -> None:
     """SchemaError naming the first difference between a stored manifest and this buffer's layout."""
-    if m.get("format") != FORMAT:
-        raise SchemaError(f"manifest {key}: format {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("format") not in READABLE:
+        raise SchemaError(f"manifest {key}: format {m.get('format')!r}, expected one of {list(READABLE)}")
     ours = schema_to_json(schema)
     if m["schema"] != ours:
         diff = sorted(set(m["schema"]).symmetric_difference(ours)) or [

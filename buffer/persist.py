@@ -12,7 +12,22 @@ from .codec import checksum
 from .config import schema_to_json
 from .durable import PACK_DIR, chunk_key, manifest_key, pack_key
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, WriterFencedError
-from .manifest import FORMAT, ShardInfo, chunk_keys, decode_tables, encode_tables, split_object
+from .manifest import (
+    FORMAT,
+    Head,
+    Segment,
+    ShardInfo,
+    decode_heads,
+    decode_tables,
+    encode_heads,
+    encode_tables,
+    head_fields,
+    head_file_bytes,
+    head_m,
+    object_keys,
+    read_segments,
+    split_object,
+)
 
 
 class _Snapshot(NamedTuple):
@@ -37,6 +52,10 @@ class Persistence:
     def _do_commit(self, s: _Snapshot) -> None:
         t0, d, W = time.perf_counter(), self._durable, self.num_streams
         d.check_writer(self.token, self._gen)
+        # shard -> stream -> segments: each finished shard's that stay, and below, those of the shards finished
+        # now and of the open one; the open shard at the last commit may finish now, and its segments with it
+        heads = {k: dict(v) for k, v in self._heads.items() if s.k_lo <= k < s.k_hi and k != self._open_k}
+        opened = dict(self._heads.get(self._open_k, {})) if self._open_k >= s.k_lo else {}
 
         def upload(w: int, k: int) -> tuple[str, int]:
             info = s.shards[k]
@@ -44,28 +63,53 @@ class Persistence:
             if any(checksum(p) != int(c) for p, c in zip(parts, info.crc[w], strict=True)):
                 raise CorruptChunkError(f"scratch shard {k} of stream {w} changed since it was written; "
                                         "nothing was published", key=f"scratch:{w}/{k}", manifest="(commit)")
-            key = chunk_key(w, k, int(info.obj[w]))
+            head = opened.get(w, ()) if k == self._open_k else heads.get(k, {}).get(w, ())
+            if head:  # earlier packs hold this shard's first inner chunks: the object skips them
+                cut = [self.codec.split_head(p, head_m(head)) for p in parts]
+                if self._same_frames(head, [frames for frames, _ in cut]):
+                    parts = [p[n:] for p, (_, n) in zip(parts, cut, strict=True)]
+                else:  # encoded differently since (another zstd build): write the whole shard
+                    head = ()
+            heads.setdefault(k, {})[w] = head
+            key = chunk_key(w, k, int(info.obj[w]), head_m(head))
             d.put(key, parts, fsync=False)  # flushed together below, before the manifest
             return key, sum(map(len, parts))
 
-        tails = [(w, f) for w in range(W) for f in self.fields if s.tails[f].shape[1]]
         # This thread starts uploading at once and pool workers join as they come free: submitted to the pool
         # alone, the uploads queued behind add()'s pending inner-chunk encodes.
         uploads: list[tuple[str, int]] = []
         self._parallel(lambda wk: uploads.append(upload(*wk)), [(w, k) for k in s.new for w in range(W)],
                        lambda: None)
-        encoded = [self._tail_bytes(s, w, f) for w, f in tails]
-        entries, parts, off = {}, [], 0
-        for (w, f), enc in zip(tails, encoded, strict=True):
-            parts.append(enc)
-            entries[f"tail/{w}/{f}"] = [off, len(parts[-1]), checksum(parts[-1])]
-            off += len(parts[-1])
+        n = s.t - s.k_hi * self.cfg.chunk
+        prev = opened if self._open_k == s.k_hi else {}
+        m_prev, m_full = head_m(prev.get(0, ())), n // self.codec.inner
+        assert all(head_m(prev.get(w, ())) == m_prev <= m_full for w in range(W)), (prev, m_full)
+        # Per stream: the frames of the open shard's full inner chunks no earlier pack holds (one segment),
+        # then one frame per field for the steps after them.
+        entries, parts, off, new_segs = {}, [], 0, {}
+        for w in range(W):
+            jobs = (s.tail_inner or {}).get(w, [])[m_prev:m_full]
+            if jobs:
+                frames = [b"".join(job.result()[j][:-4] for job in jobs) for j in range(len(self.fields))]
+                block = b"".join(frames)
+                new_segs[w] = (off, tuple(map(len, frames)), checksum(block))
+                parts.append(block)
+                off += len(block)
+            for f in self.fields if n > m_full * self.codec.inner else ():
+                enc = self.codec.encode_tail(s.tails[f][w, m_full * self.codec.inner:])
+                parts.append(enc)
+                entries[f"tail/{w}/{f}"] = [off, len(enc), checksum(enc)]
+                off += len(enc)
         for name, b in sorted(s.blobs.items()):
             parts.append(b)
             entries[f"blob/{name}"] = [off, len(b), checksum(b)]
             off += len(b)
         pack = b"".join(parts)
         pkey = pack_key(s.commit, self._gen)
+        if m_full:
+            heads[s.k_hi] = {w: (*prev.get(w, ()), *([Segment(pkey, len(pack), m_full - m_prev, *new_segs[w])]
+                                                      if w in new_segs else [])) for w in range(W)}
+        heads = {k: v for k, v in heads.items() if any(v.values())}
         d.put(pkey, pack, fsync=False)
         d.sync([k for k, _ in uploads] + [pkey])
         manifest = {
@@ -73,7 +117,7 @@ class Persistence:
             "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
             "chunk": self.cfg.chunk, "inner": self.cfg.inner, "zstd_level": self.cfg.zstd_level,
             "capacity": self.cfg.capacity, "t": s.t, "lo": s.lo, "k_lo": s.k_lo, "k_hi": s.k_hi,
-            "tables": encode_tables(s.shards, s.k_lo, s.k_hi),
+            "tables": encode_tables(s.shards, s.k_lo, s.k_hi), "heads": encode_heads(heads, s.k_lo, s.k_hi),
             "pack": {"key": pkey, "nbytes": len(pack), "crc": checksum(pack), "entries": entries},
             "sampler": {"seed": self._seed, "draws": s.draws, "batch": self.batch, "length": self.length,
                         "force_first": self.force_first},
@@ -97,7 +141,8 @@ class Persistence:
         d.sync_dirs([mkey])
         self._k_durable = max(self._k_durable, s.k_hi)
         self._last_commit = s.commit
-        self._manifest_keys[mkey] = frozenset(chunk_keys(manifest))
+        self._manifest_keys[mkey] = frozenset(object_keys(manifest))
+        self._heads, self._open_k = heads, s.k_hi
         self._bad_keys -= {k for k, _ in uploads}  # a quarantined key written afresh from verified scratch
         new_bytes = sum(n for _, n in uploads)
         self.stats.update(last_commit_s=time.perf_counter() - t0, last_commit_chunk_bytes=new_bytes,
@@ -111,21 +156,19 @@ class Persistence:
                                     ) from e
         self._gc()
 
-    def _tail_bytes(self, s: _Snapshot, w: int, f: str) -> bytes:
-        """Pack entry of one stream's tail: the zstd frames add() already made for its full inner chunks
-        (without their crc32c; the pack has its own checksum), then one frame for the rest. Re-encoding the
-        whole tail at every commit was most of a commit's CPU and of an empty commit's time; decode_tail
-        reads concatenated frames as one."""
-        jobs = (s.tail_inner or {}).get(w, [])
-        fi, a = self.fields.index(f), len(jobs) * self.codec.inner
-        parts = [job.result()[fi][:-4] for job in jobs]
-        if s.tails[f].shape[1] > a:
-            parts.append(self.codec.encode_tail(s.tails[f][w, a:]))
-        return b"".join(parts)
+    def _same_frames(self, head: Head, frames: list[list[bytes]]) -> bool:
+        """Whether a shard's first inner chunks (frames per field, from scratch) are what its segments hold."""
+        i = 0
+        for g in head:
+            got = [b"".join(fr[i:i + g.m]) for fr in frames]
+            if tuple(map(len, got)) != g.nbytes or checksum(b"".join(got)) != g.crc:
+                return False
+            i += g.m
+        return True
 
     def _keys_of(self, mkey: str) -> frozenset[str]:
         if mkey not in self._manifest_keys:
-            self._manifest_keys[mkey] = frozenset(chunk_keys(self._durable.read_json(mkey)))
+            self._manifest_keys[mkey] = frozenset(object_keys(self._durable.read_json(mkey)))
         return self._manifest_keys[mkey]
 
     def _keys_or_none(self, mkey: str) -> frozenset[str] | None:
@@ -157,7 +200,8 @@ class Persistence:
             except (DurableStoreError, ValueError, KeyError):
                 keys = frozenset()
             self._durable.delete([mkey])
-            self._durable.delete([pack_key(c, g)] + sorted(keys - live))
+            # a pack stays while a kept manifest's shard starts with frames from it
+            self._durable.delete(sorted(({pack_key(c, g)} | keys) - live))
             self._manifest_keys.pop(mkey, None)
 
     def _load(self, m: dict, mkey: str) -> tuple[dict[str, bytes], dict]:
@@ -174,7 +218,7 @@ class Persistence:
         entries = pk["entries"]
 
         def part(name: str) -> bytes:
-            off, n, crc = entries[name]
+            off, n, crc = entries[name][:3]
             assert checksum(pack[off:off + n]) == crc, (name, mkey)  # the pack checksum already covers it
             return pack[off:off + n]
 
@@ -182,60 +226,90 @@ class Persistence:
         self._t, self._lo, self._k_lo, self._k_hi = m["t"], m["lo"], m["k_lo"], m["k_hi"]
         self._k_durable = self._k_hi
         self._shards = decode_tables(m)
+        self._heads, self._open_k = decode_heads(m), m["k_hi"]
         self._seed, self._draws = m["sampler"]["seed"], m["sampler"]["draws"]
         self._restored_from, self._last_commit = mkey, m["commit"]
         n = self._t - self._k_hi * self.cfg.chunk
-        for w in range(self.num_streams):
-            for f in self.fields:
-                if n:
-                    self.codec.decode_tail(part(f"tail/{w}/{f}"), self._tail[f][w, :n])
+        opened = self._heads.get(self._k_hi, {})
+        segs = [g for head in opened.values() for g in head]
+        got, bad = read_segments(self._durable, [g for g in segs if g.pack != pk["key"]])
+        if bad is not None:
+            raise CorruptChunkError(f"pack {self._durable.url}/{bad}, holding the start of the tails of manifest "
+                                    f"{mkey}, is missing or failed its checksum", key=bad, manifest=mkey)
+        got.update({g: pack[g.off:g.off + sum(g.nbytes)] for g in segs if g.pack == pk["key"]})
+        for w in range(self.num_streams if n else 0):
+            heads = head_fields(opened.get(w, ()), got, len(self.fields))
+            for j, f in enumerate(self.fields):
+                rest = part(f"tail/{w}/{f}") if f"tail/{w}/{f}" in entries else b""
+                self.codec.decode_tail(heads[j] + rest, self._tail[f][w, :n])
         return {name: part(f"blob/{name}") for name in m["blobs"]}, m["extra"]
 
     def _sweep_durable(self, ms: list, parsed: dict[str, dict], listing: dict[str, int]) -> None:
         """Delete chunks and packs no manifest references (a crashed or fenced writer's unfinished commit)."""
         if len(parsed) != len(ms):
             return
-        live = set().union(*(chunk_keys(m) for m in parsed.values()))
+        live = set().union(*(object_keys(m) for m in parsed.values()))
         live |= {m["pack"]["key"] for m in parsed.values()}
         packs = self._durable.list_sizes(PACK_DIR)
         stray = self._durable.stray_manifest_files()
         self._durable.delete(sorted(k for k in [*listing, *packs] if k not in live) + stray)
 
     def _fetch_chunk(self, w: int, k: int, info: ShardInfo) -> list[bytes]:
-        """Durable shard (w, k) as verified per-field shard files.
+        """Durable shard (w, k) as verified per-field shard files: its chunk object, after the frames of its
+        segments where it has some.
 
-        One that fails its checksum twice (the second read tells a torn transfer from damage at rest) is moved to
-        quarantine/, so that the next restore() falls back past every manifest that references it, and the
-        replay becomes unusable: its commits would reference the same chunk. CorruptChunkError names both.
+        An object that fails its checksum twice (the second read tells a torn transfer from damage at rest) is
+        moved to quarantine/, so that the next restore() falls back past every manifest that references it, and
+        the replay becomes unusable: its commits would reference the same object. CorruptChunkError names both.
         """
         d, mkey = self._durable, self._restored_from
-        key = chunk_key(w, k, int(info.obj[w]))
+        head = self._heads.get(k, {}).get(w, ())
+        m = head_m(head)
+        key = chunk_key(w, k, int(info.obj[w]), m)
         with self._lock:
-            known = self._corrupt.get(key)
+            known = next((self._corrupt[x] for x in [key, *(g.pack for g in head)] if x in self._corrupt), None)
         if known is not None:
-            raise CorruptChunkError(str(known), key=key, manifest=known.manifest)
-        where = f"durable chunk {d.url}/{key} referenced by manifest {mkey}"
+            raise CorruptChunkError(str(known), key=known.key, manifest=known.manifest)
+        where = {key: f"durable chunk {d.url}/{key} referenced by manifest {mkey}"}
+        where.update({g.pack: f"pack {d.url}/{g.pack}, holding inner chunks of shard {k} of stream {w} for "
+                              f"manifest {mkey}," for g in head})
+        rest_sizes = np.array([int(n) - head_file_bytes(head, j) for j, n in enumerate(info.size[w])])
+        bad = key
         for _ in range(2):
             try:
                 data = d.get(key)
+                got, bad = read_segments(d, list(head))
             except DurableStoreError as e:
                 if not isinstance(e.__cause__, FileNotFoundError):
                     raise
                 # gone since restore() listed it (quarantined by another copy of the job, or deleted)
                 raise self._mark_corrupt(CorruptChunkError(
-                    f"{where} is missing (quarantined or deleted after this restore)", key=key, manifest=mkey),
+                    f"{where[key]} is missing (quarantined or deleted after this restore)", key=key, manifest=mkey),
                     k) from e
-            parts = split_object(data, info.size[w])
+            if bad is not None and not d.exists(bad):
+                raise self._mark_corrupt(CorruptChunkError(
+                    f"{where[bad]} is missing (quarantined or deleted after this restore)", key=bad, manifest=mkey),
+                    k)
+            if bad is not None:
+                continue
+            bad, parts = key, split_object(data, rest_sizes)
+            if parts is not None and m:
+                try:
+                    parts = [self.codec.join_head(h, m, r, where[key])
+                             for h, r in zip(head_fields(head, got, len(parts)), parts, strict=True)]
+                except CorruptChunkError:
+                    parts = None
             if parts is not None and all(checksum(p) == int(c) for p, c in zip(parts, info.crc[w], strict=True)):
                 return parts
-        record = {"manifest": mkey, "writer": self.token, "generation": self._gen, "stream": w, "shard": k,
-                  "nbytes": len(data), "expected_nbytes": int(info.size[w].sum())}
+        record = {"manifest": mkey, "writer": self.token, "generation": self._gen, "stream": w, "shard": k}
+        if bad == key:
+            record.update(nbytes=len(data), expected_nbytes=int(rest_sizes.sum()))
         try:
-            moved = f"moved to {d.url}/{d.quarantine(key, record)}; the next restore falls back to the newest " \
+            moved = f"moved to {d.url}/{d.quarantine(bad, record)}; the next restore falls back to the newest " \
                     "commit without it"
         except DurableStoreError as e:
             moved = f"and could not be quarantined ({e}): the next restore will fetch it again"
-        raise self._mark_corrupt(CorruptChunkError(f"{where} failed its checksum twice; {moved}", key=key,
+        raise self._mark_corrupt(CorruptChunkError(f"{where[bad]} failed its checksum twice; {moved}", key=bad,
                                                    manifest=mkey), k)
 
     def _mark_corrupt(self, err: CorruptChunkError, k: int) -> CorruptChunkError:

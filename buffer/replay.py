@@ -13,7 +13,7 @@ import numpy as np
 
 from .codec import ShardCodec, checksum
 from .config import ReplayConfig, Schema
-from .durable import CHUNK_DIR, Durable
+from .durable import CHUNK_DIR, PACK_DIR, Durable
 from .errors import (
     CorruptChunkError,
     DurableStoreError,
@@ -22,7 +22,7 @@ from .errors import (
     SchemaError,
     ScratchError,
 )
-from .manifest import ShardInfo, check_compatible, chunk_keys, object_ids
+from .manifest import Head, ShardInfo, check_compatible, object_ids, object_keys
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
@@ -101,6 +101,8 @@ class Replay(Persistence):
         self._t = self._lo = self._k_lo = self._k_hi = self._k_durable = 0
         self._draws = 0
         self._shards: dict[int, ShardInfo] = {}
+        self._heads: dict[int, dict[int, Head]] = {}  # shard -> stream -> segments its object skips
+        self._open_k = -1  # the shard open at the last commit; its segments start the tail
         self._local: dict[tuple[int, int], threading.Event | bool] = {}
         self._pending_delete: list[int] = []
         self._manifest_keys: dict[str, frozenset[str]] = {}
@@ -426,7 +428,7 @@ class Replay(Persistence):
         if not ms:
             self._scratch.sweep(range(0))
             return None
-        listing = d.list_sizes(CHUNK_DIR)
+        listing = {**d.list_sizes(CHUNK_DIR), **d.list_sizes(PACK_DIR)}
         bad: set[str] = set()
         first_err: CorruptChunkError | None = None
         parsed: dict[str, dict] = {}
@@ -437,15 +439,16 @@ class Replay(Persistence):
                 continue
             parsed[mkey] = m
             check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner)
-            keys = chunk_keys(m)
+            keys = object_keys(m)
             if keys.keys() & (bad | self._corrupt.keys()):
                 continue
             try:
                 for key, size in keys.items():
                     if listing.get(key) != size:
                         found = "is missing" if key not in listing else f"has {listing[key]} bytes instead of {size}"
-                        raise CorruptChunkError(f"durable chunk {d.url}/{key} referenced by manifest {mkey} {found}",
-                                                key=key, manifest=mkey)
+                        what = "pack" if key.startswith(PACK_DIR) else "chunk"
+                        raise CorruptChunkError(f"durable {what} {d.url}/{key} referenced by manifest {mkey} "
+                                                f"{found}", key=key, manifest=mkey)
                 blobs, extra = self._load(m, mkey)
                 if not self.cfg.lazy:
                     jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]

@@ -1,11 +1,11 @@
 """Fingerprint of a run's final durable state, read-only: what "bit-identical to an uninterrupted run" compares.
 
 `fingerprint(durable)` reads the newest manifest of a durable store and hashes everything a resume depends on:
-each caller blob (agent state, policy carry, env snapshots), the replay contents (every chunk object the
-manifest references, the partial tails, positions and sampler state), the loop counters of `extra`, and
-optionally the run's metrics.jsonl. It verifies every checksum on the way and lists what fails instead of
-raising, so a corrupt store is reported, never hashed as if it were fine. It never takes the writer token
-(opening a `Replay` would), so it is safe while a job runs.
+each caller blob (agent state, policy carry, env snapshots), the replay contents (every shard the manifest
+references, as content: a chunk object joined to its head frames; the partial tails, positions and sampler
+state), the loop counters of `extra`, and optionally the run's metrics.jsonl. It verifies every checksum on
+the way and lists what fails instead of raising, so a corrupt store is reported, never hashed as if it were
+fine. It never takes the writer token (opening a `Replay` would), so it is safe while a job runs.
 
     python -m orchestrator.verify DURABLE [--metrics FILE] [--against DURABLE2 [--against-metrics FILE2]]
 """
@@ -18,11 +18,22 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from buffer import read_latest_manifest
-from buffer.codec import checksum
-from buffer.durable import Durable
-from buffer.errors import DurableStoreError
-from buffer.manifest import chunk_keys, decode_tables, split_object
+from buffer.codec import ShardCodec, checksum
+from buffer.durable import Durable, chunk_key
+from buffer.errors import CorruptChunkError, DurableStoreError
+from buffer.manifest import (
+    Head,
+    decode_heads,
+    decode_tables,
+    head_fields,
+    head_file_bytes,
+    head_m,
+    read_segments,
+    split_object,
+)
 
 # extra.loop keys that measure the clock, not the trajectory
 CLOCK_KEYS = ("wall_time_s", "steps_per_s", "time")
@@ -53,40 +64,72 @@ def fingerprint(durable: str, metrics: str | Path | None = None) -> dict:
     corrupt: list[str] = []
     h = hashlib.sha256(json.dumps({k: m[k] for k in ("t", "lo", "k_lo", "k_hi", "sampler", "schema")},
                                   sort_keys=True).encode())
-    tables = decode_tables(m)
-    for key in sorted(chunk_keys(m)):
-        stream, k = int(key.split("/")[1]), int(key.rsplit("/", 1)[1].split("-")[0])
-        info = tables[k]
-        try:
-            data = d.get(key)
-        except DurableStoreError:
-            corrupt.append(key)
-            continue
-        parts = split_object(data, info.size[stream])
-        if parts is None or any(checksum(p) != int(c) for p, c in zip(parts, info.crc[stream], strict=True)):
-            corrupt.append(key)
-        h.update(key.encode() + _sha(data).encode())
+    tables, heads = decode_tables(m), decode_heads(m)
+    codec, nf = ShardCodec(m["chunk"], m["inner"], m["zstd_level"]), len(m["schema"])
+    for k, info in sorted(tables.items()):
+        for w in range(m["num_streams"]):
+            head = heads.get(k, {}).get(w, ())
+            key = chunk_key(w, k, int(info.obj[w]), head_m(head))
+            parts, bad = _shard_files(d, codec, key, info.size[w], head)
+            if parts is None or any(checksum(p) != int(c) for p, c in zip(parts, info.crc[w], strict=True)):
+                corrupt.append(bad)
+                continue
+            # the shard's content, not its objects: which inner chunks sit in packs depends on when commits fell
+            h.update(f"{w}/{k}".encode() + _sha(b"".join(parts)).encode())
     pk = m["pack"]
     blobs: dict[str, str] = {}
     try:
         pack = d.get(pk["key"])
     except DurableStoreError:
         pack = b""
-    if len(pack) != pk["nbytes"] or checksum(pack) != pk["crc"]:
+    opened = heads.get(m["k_hi"], {})
+    segs = [g for head in opened.values() for g in head]
+    try:
+        got, bad = read_segments(d, segs)
+    except DurableStoreError:
+        got, bad = {}, segs[0].pack
+    if bad is not None:
+        corrupt.append(bad)
+    elif len(pack) != pk["nbytes"] or checksum(pack) != pk["crc"]:
         corrupt.append(pk["key"])
     else:
-        for name, (off, n, _crc) in sorted(pk["entries"].items()):
-            part = pack[off:off + n]
+        entries = pk["entries"]
+        for name, (off, n, *_) in sorted(entries.items()):
             if name.startswith("blob/"):
-                blobs[name[5:]] = _sha(part)
-            else:
-                h.update(name.encode() + _sha(part).encode())
+                blobs[name[5:]] = _sha(pack[off:off + n])
+        for w in range(m["num_streams"] if m["t"] > m["k_hi"] * m["chunk"] else 0):
+            frames = head_fields(opened.get(w, ()), got, nf)
+            for j, f in enumerate(sorted(m["schema"])):
+                off, n = entries.get(f"tail/{w}/{f}", (0, 0))[:2]
+                h.update(f"tail/{w}/{f}".encode() + _sha(frames[j] + pack[off:off + n]).encode())
     out = {"commit": m["commit"], "manifest": mkey, "blobs": blobs, "replay": h.hexdigest(),
            "loop": _counters(m.get("extra", {})), "device": m.get("extra", {}).get("device"),
-           "corrupt": corrupt, "metrics": None}
+           "corrupt": list(dict.fromkeys(corrupt)), "metrics": None}
     if metrics is not None and Path(metrics).exists():
         out["metrics"] = _sha(Path(metrics).read_bytes())
     return out
+
+
+def _shard_files(d: Durable, codec: ShardCodec, key: str, sizes, head: Head) -> tuple[list[bytes] | None, str]:
+    """(per-field shard files of one durable chunk object after its segments' frames, or None; the key at fault)"""
+    try:
+        data = d.get(key)
+    except DurableStoreError:
+        return None, key
+    if not head:
+        return split_object(data, sizes), key
+    try:
+        got, bad = read_segments(d, list(head))
+    except DurableStoreError:
+        return None, head[0].pack
+    if bad is not None:
+        return None, bad
+    rest = split_object(data, np.array([int(n) - head_file_bytes(head, j) for j, n in enumerate(sizes)]))
+    try:
+        return rest and [codec.join_head(x, head_m(head), r, key)
+                         for x, r in zip(head_fields(head, got, len(rest)), rest, strict=True)], key
+    except CorruptChunkError:
+        return None, key
 
 
 def differences(a: dict, b: dict) -> list[str]:
