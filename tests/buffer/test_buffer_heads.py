@@ -3,6 +3,7 @@ object, once finished, skips them. Restores join the two, and nothing is written
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from buffer import NoRestorableCommitError, Replay
+from buffer import DurableStoreError, NoRestorableCommitError, Replay
+from buffer.durable import Durable
 from buffer.manifest import chunk_keys, decode_heads, decode_tables, head_file_bytes, head_m, object_keys
 from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step
 
@@ -187,3 +189,23 @@ def test_commits_inside_one_shard_write_each_inner_chunk_once(tmp_path):
         q.commit({})
         check_all(q, stop + 9)
         q.close()
+
+
+def test_a_segment_read_that_fails_is_an_error_and_quarantines_nothing(tmp_path, monkeypatch):
+    """Only damage at rest quarantines a pack; an I/O error of the store (a network blip) is raised as such."""
+    d = _three_commits(tmp_path)
+
+    def broken(self, key, start, end):
+        raise DurableStoreError(f"reading {key}: simulated") from OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Durable, "get_range", broken)
+    r = make_replay(str(tmp_path / "s2"), str(d), token="b", lazy=False)
+    with pytest.raises(DurableStoreError, match="simulated"):
+        r.restore()
+    r.close()
+    assert not (d / "quarantine").exists()
+    monkeypatch.undo()
+    r = make_replay(str(tmp_path / "s3"), str(d), token="c", lazy=False)
+    assert r.restore().extra == {"at": 40}
+    check_all(r, 40)
+    r.close()
