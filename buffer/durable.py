@@ -3,13 +3,14 @@
 Layout under the root:
   writer.json                          current writer {token, generation}; a newer writer fences older ones
   chunks/<stream>/<k>-<crc>.bin        finished shard k of one stream, all fields concatenated; written once
-  chunks/<stream>/<k>-<crc>-h<m>.bin   the same without its first m inner chunks, which an earlier commit's
-                                       pack already holds (the manifest's `heads` say where)
-  packs/<commit>-<gen>.pack            partial tails and caller blobs of one commit
+  chunks/<stream>/<k>-<crc>-h<m>.bin   the same without its first m inner chunks, which earlier commits' packs
+                                       already hold (the manifest's `heads` say where)
+  packs/<commit>-<gen>.pack            one commit's segments (the open shards' inner chunks finished since the
+                                       last commit), the steps after them, and the caller's blobs
   manifests/<commit>-<gen>.json        the commit, written last and write-once (tmp + link locally, a create-only
                                        PUT elsewhere)
-  quarantine/chunks/<stream>/<k>-<crc>.bin.<stamp>(.json)   a chunk that failed its checksum when fetched, moved
-                                       out of chunks/ (kept, never deleted) with a JSON record of who found it where
+  quarantine/<key>.<stamp>(.json)      a chunk or pack that failed its checksum when fetched, moved out of the
+                                       way (kept, never deleted) with a JSON record of who found it where
 """
 
 from __future__ import annotations
