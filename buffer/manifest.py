@@ -8,10 +8,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .codec import checksum
+from .codec import ShardCodec, checksum
 from .config import Schema, schema_to_json
 from .durable import Durable, chunk_key
-from .errors import DurableStoreError, SchemaError
+from .errors import CorruptChunkError, DurableStoreError, SchemaError
 
 FORMAT = "r2i-replay/2"
 READABLE = (FORMAT, "r2i-replay/1")  # /1 has no heads: every chunk object is a whole shard
@@ -126,6 +126,21 @@ def read_segments(d: Durable, segs: list[Segment]) -> tuple[dict[Segment, bytes]
 def head_fields(head: Head, got: dict[Segment, bytes], nfields: int) -> list[bytes]:
     """Per field, the frames of a head's inner chunks in order, from its segments' bytes."""
     return [b"".join(g.field(got[g], j) for g in head) for j in range(nfields)]
+
+
+def join_shard(codec: ShardCodec, data: bytes, sizes: np.ndarray, head: Head, got: dict[Segment, bytes],
+               where: str) -> list[bytes] | None:
+    """Per-field shard files from a chunk object (`sizes`: the whole files' sizes) and its segments' bytes (from
+    read_segments); None when the object does not fit the sizes or the frames do not fit its index. The caller
+    checks the files against the manifest's checksums."""
+    rest = split_object(data, np.array([int(n) - head_file_bytes(head, j) for j, n in enumerate(sizes)]))
+    if rest is None or not head:
+        return rest
+    try:
+        return [codec.join_head(h, head_m(head), r, where)
+                for h, r in zip(head_fields(head, got, len(rest)), rest, strict=True)]
+    except CorruptChunkError:
+        return None
 
 
 def encode_heads(heads: dict[int, dict[int, Head]], k_lo: int, k_hi: int) -> dict:

@@ -24,9 +24,9 @@ from .manifest import (
     head_fields,
     head_file_bytes,
     head_m,
+    join_shard,
     object_keys,
     read_segments,
-    split_object,
 )
 
 
@@ -273,7 +273,6 @@ class Persistence:
         where = {key: f"durable chunk {d.url}/{key} referenced by manifest {mkey}"}
         where.update({g.pack: f"pack {d.url}/{g.pack}, holding inner chunks of shard {k} of stream {w} for "
                               f"manifest {mkey}," for g in head})
-        rest_sizes = np.array([int(n) - head_file_bytes(head, j) for j, n in enumerate(info.size[w])])
         bad = key
         for _ in range(2):
             try:
@@ -292,18 +291,13 @@ class Persistence:
                     k)
             if bad is not None:
                 continue
-            bad, parts = key, split_object(data, rest_sizes)
-            if parts is not None and m:
-                try:
-                    parts = [self.codec.join_head(h, m, r, where[key])
-                             for h, r in zip(head_fields(head, got, len(parts)), parts, strict=True)]
-                except CorruptChunkError:
-                    parts = None
+            bad, parts = key, join_shard(self.codec, data, info.size[w], head, got, where[key])
             if parts is not None and all(checksum(p) == int(c) for p, c in zip(parts, info.crc[w], strict=True)):
                 return parts
         record = {"manifest": mkey, "writer": self.token, "generation": self._gen, "stream": w, "shard": k}
         if bad == key:
-            record.update(nbytes=len(data), expected_nbytes=int(rest_sizes.sum()))
+            record.update(nbytes=len(data), expected_nbytes=int(info.size[w].sum()) - sum(
+                head_file_bytes(head, j) for j in range(len(self.fields))))
         try:
             moved = f"moved to {d.url}/{d.quarantine(bad, record)}; the next restore falls back to the newest " \
                     "commit without it"

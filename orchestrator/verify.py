@@ -18,21 +18,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from buffer import read_latest_manifest
 from buffer.codec import ShardCodec, checksum
 from buffer.durable import Durable, chunk_key
-from buffer.errors import CorruptChunkError, DurableStoreError
+from buffer.errors import DurableStoreError
 from buffer.manifest import (
     Head,
     decode_heads,
     decode_tables,
     head_fields,
-    head_file_bytes,
     head_m,
+    join_shard,
     read_segments,
-    split_object,
 )
 
 # extra.loop keys that measure the clock, not the trajectory
@@ -116,20 +113,13 @@ def _shard_files(d: Durable, codec: ShardCodec, key: str, sizes, head: Head) -> 
         data = d.get(key)
     except DurableStoreError:
         return None, key
-    if not head:
-        return split_object(data, sizes), key
     try:
         got, bad = read_segments(d, list(head))
     except DurableStoreError:
         return None, head[0].pack
     if bad is not None:
         return None, bad
-    rest = split_object(data, np.array([int(n) - head_file_bytes(head, j) for j, n in enumerate(sizes)]))
-    try:
-        return rest and [codec.join_head(x, head_m(head), r, key)
-                         for x, r in zip(head_fields(head, got, len(rest)), rest, strict=True)], key
-    except CorruptChunkError:
-        return None, key
+    return join_shard(codec, data, sizes, head, got, key), key
 
 
 def differences(a: dict, b: dict) -> list[str]:
