@@ -300,6 +300,56 @@ def bench_commit(work: Path, pool: np.ndarray, base_steps: int, new_steps: int, 
     return out
 
 
+def bench_manifest_growth(work: Path, pool: np.ndarray, sizes: list[int], new_steps: int, rounds: int) -> dict:
+    """Metadata a commit writes as the buffer grows: manifest and pages, and the commit's time, for commits of
+    `new_steps` steps (all 16 streams) at each buffer size in `sizes`; pages of 16 shards (the default) side by
+    side with every row inline in the manifest (the previous format), both buffers fed the same steps.
+
+    A manifest's rows count shards, streams and fields, not bytes per step: the image field is cut to 4x4x3
+    so that a buffer with as many shards as 10M image steps builds in minutes on this machine."""
+    w = 16
+    schema = dict(SCHEMA, image=FieldSpec((4, 4, 3), "uint8"))
+    small = np.ascontiguousarray(pool[:, ::16, ::16])
+    out: dict = {"new_steps": new_steps, "rounds": rounds, "image_shape": [4, 4, 3], "sizes": {}}
+    bufs = {}
+    for name, page in (("paged", 16), ("inline", 10**9)):
+        d = work / f"growth-{name}"
+        d.mkdir(parents=True)
+        cfg = ReplayConfig(capacity=10**9, threads=2, table_page=page)
+        bufs[name] = Replay(schema, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b")
+    srcs = {name: StepSource(w, small) for name in bufs}
+    t = 0
+    for size in sizes:
+        row: dict = {}
+        for name, r in bufs.items():
+            src = srcs[name]
+            for _ in range(size // w - t):
+                r.add(src.next())
+            r.commit({})  # the shards of the fill: not part of what is measured
+            rounds_out = []
+            for i in range(rounds):
+                for _ in range(new_steps // w):
+                    r.add(src.next())
+                t0 = time.perf_counter()
+                r.commit({"i": i})
+                st = r.stats
+                rounds_out.append({"commit_s": time.perf_counter() - t0, "bytes": st["last_commit_bytes"],
+                                   "manifest_bytes": st["last_commit_manifest_bytes"],
+                                   "page_bytes": st["last_commit_page_bytes"]})
+            row[name] = {k: float(np.median([x[k] for x in rounds_out])) for k in rounds_out[0]}
+            row[name]["max_manifest_plus_page_bytes"] = max(x["manifest_bytes"] + x["page_bytes"]
+                                                            for x in rounds_out)
+        t = size // w + rounds * (new_steps // w)
+        row["shards"] = bufs["paged"].info["k_hi"] * w
+        out["sizes"][str(size)] = row
+        print("manifest_growth", size, json.dumps(row), flush=True)
+    for r in bufs.values():
+        r.close()
+    for name in bufs:
+        shutil.rmtree(work / f"growth-{name}")
+    return out
+
+
 def bench_restore(work: Path, pool: np.ndarray, steps: int) -> dict:
     w = 16
     d = work / f"restore-{steps}"
@@ -386,6 +436,9 @@ def main() -> None:
     # less than a shard (1024 steps) per stream between commits: the open shard spans several commits
     res["commit_small"] = bench_commit(work, pool, 16384 if q else 200_000, 16 * 300, 8)
     print("commit_small", json.dumps(res["commit_small"]), flush=True)
+    # the commit's metadata against the buffer's size: 10M steps are 9.8k shards of 1024 steps
+    res["manifest_growth"] = bench_manifest_growth(
+        work, pool, [16384, 65536] if q else [100_000, 1_000_000, 3_000_000, 10_000_000], 16 * 300, 3)
     res["restore"] = {}
     for steps in [16384] if q else ([100_000, 1_000_000] if args.big else [100_000]):
         res["restore"][str(steps)] = bench_restore(work, pool, steps)

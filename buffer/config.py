@@ -52,6 +52,8 @@ class ReplayConfig:
     fsync: fsync durable files (local filesystems) before publishing the manifest.
     cache_mb: decoded inner chunks kept in RAM (LRU), filled by prefetch; sample() copies hits and decodes
       misses straight into the batch (they are not cached).
+    table_page: finished shards (per stream) whose rows a commit writes once as a page, which later manifests
+      reference instead of repeating the rows; a manifest holds at most this many shards' rows inline.
     """
 
     capacity: int
@@ -64,10 +66,12 @@ class ReplayConfig:
     threads: int = 2
     fsync: bool = True
     cache_mb: int = 512
+    table_page: int = 16
 
     def __post_init__(self) -> None:
-        if self.capacity <= 0 or self.chunk <= 0 or self.inner <= 0 or self.keep < 1 or self.threads < 1:
-            raise ValueError(f"ReplayConfig: capacity, chunk, inner, threads must be > 0, keep >= 1: {self}")
+        if min(self.capacity, self.chunk, self.inner, self.threads, self.table_page) <= 0 or self.keep < 1:
+            raise ValueError(f"ReplayConfig: capacity, chunk, inner, threads, table_page must be > 0, keep >= 1: "
+                             f"{self}")
         if self.chunk % self.inner:
             raise ValueError(f"ReplayConfig: chunk={self.chunk} must be a multiple of inner={self.inner}")
         if self.prefetch < 0:

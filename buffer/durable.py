@@ -7,6 +7,9 @@ Layout under the root:
                                        already hold (the manifest's `heads` say where)
   packs/<commit>-<gen>.pack            one commit's segments (the open shards' inner chunks finished since the
                                        last commit), the steps after them, and the caller's blobs
+  tables/<k0>-<crc>.json               a page: the chunk tables and segment rows of finished shards [k0, k1),
+                                       written once when the last of them is finished; manifests list pages
+                                       instead of repeating those rows, so they do not grow with the buffer
   manifests/<commit>-<gen>.json        the commit, written last and write-once (tmp + link locally, a create-only
                                        PUT elsewhere)
   quarantine/<key>.<stamp>(.json)      a chunk or pack that failed its checksum when fetched, moved out of the
@@ -30,7 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import DurableStoreError, WriterFencedError
 
 log = logging.getLogger(__name__)
-MANIFEST_DIR, CHUNK_DIR, PACK_DIR, QUARANTINE_DIR = "manifests", "chunks", "packs", "quarantine"
+MANIFEST_DIR, CHUNK_DIR, PACK_DIR, PAGE_DIR, QUARANTINE_DIR = "manifests", "chunks", "packs", "tables", "quarantine"
 # link() is how a local write-once publish refuses to replace; filesystems without hard links say so with these
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
@@ -53,6 +56,10 @@ def start_writeback(fd: int) -> None:
 
 def chunk_key(stream: int, k: int, obj_crc: int, head: int = 0) -> str:
     return f"{CHUNK_DIR}/{stream}/{k:010d}-{obj_crc:08x}{f'-h{head:02d}' if head else ''}.bin"
+
+
+def page_key(k0: int, crc: int) -> str:
+    return f"{PAGE_DIR}/{k0:010d}-{crc:08x}.json"
 
 
 def manifest_key(commit: int, gen: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -10,11 +11,13 @@ import numpy as np
 
 from .codec import ShardCodec, checksum
 from .config import Schema, schema_to_json
-from .durable import Durable, chunk_key
+from .durable import Durable, chunk_key, page_key
 from .errors import CorruptChunkError, DurableStoreError, SchemaError
 
-FORMAT = "r2i-replay/2"
-READABLE = (FORMAT, "r2i-replay/1")  # /1 has no heads: every chunk object is a whole shard
+FORMAT = "r2i-replay/3"
+# /2 has no pages: every row inline; /1 has no heads either: every chunk object is a whole shard
+READABLE = (FORMAT, "r2i-replay/2", "r2i-replay/1")
+PAGE_FORMAT = "r2i-replay-page/1"
 
 
 @dataclass
@@ -90,8 +93,15 @@ def encode_tables(shards: dict[int, ShardInfo], k_lo: int, k_hi: int) -> dict:
     }
 
 
+def _nfields(m: dict) -> int:
+    return len(m["schema"]) if "schema" in m else m["nfields"]
+
+
 def decode_tables(m: dict) -> dict[int, ShardInfo]:
-    k_lo, k_hi, w, f = m["k_lo"], m["k_hi"], m["num_streams"], len(m["schema"])
+    """Rows of a manifest (after `load_pages`) or of one page: shard k -> its ShardInfo."""
+    assert m.get("rows_lo", m["k_lo"]) == m["k_lo"], f"manifest {m.get('commit')}: rows start at " \
+        f"{m.get('rows_lo')}, not k_lo={m['k_lo']}; pass it through load_pages() first"
+    k_lo, k_hi, w, f = m["k_lo"], m["k_hi"], m["num_streams"], _nfields(m)
     n = k_hi - k_lo
     if n == 0:
         return {}
@@ -164,7 +174,7 @@ def decode_heads(m: dict) -> dict[int, dict[int, Head]]:
     h = m.get("heads")
     if not h or not h["rows"]:
         return {}
-    rows = np.frombuffer(base64.b64decode(h["rows"]), "<u4").reshape(-1, 6 + len(m["schema"])).tolist()
+    rows = np.frombuffer(base64.b64decode(h["rows"]), "<u4").reshape(-1, 6 + _nfields(m)).tolist()
     out: dict[int, dict[int, Head]] = {}
     for k, w, n, i, off, crc, *nbytes in rows:
         pack, size = h["packs"][i]
@@ -186,12 +196,72 @@ def chunk_keys(m: dict) -> dict[str, int]:
 
 
 def object_keys(m: dict) -> dict[str, int]:
-    """{key: size} of every durable object the manifest's shards and tails need: chunk objects and the packs of
-    their segments (the manifest's own pack is not listed unless a segment is in it)."""
+    """{key: size} of every durable object the manifest's shards and tails need: chunk objects, the packs of
+    their segments (the manifest's own pack is not listed unless a segment is in it) and its pages."""
     out = chunk_keys(m)
     for pack, nbytes in (m.get("heads") or {}).get("packs", []):
         out[pack] = nbytes
+    for key, nbytes, *_ in m.get("pages", []):
+        out[key] = nbytes
     return out
+
+
+# --- pages: the rows of finished shards, written once, so that a manifest does not grow with the buffer
+def encode_page(shards: dict[int, ShardInfo], heads: dict[int, dict[int, Head]], k0: int, k1: int,
+                num_streams: int, nfields: int) -> tuple[str, bytes, list]:
+    """(key, body, reference) of the page of shards [k0, k1), all finished: their tables and segments. A
+    manifest lists the reference [key, nbytes, checksum, k0, k1] instead of the rows."""
+    doc = {"format": PAGE_FORMAT, "k_lo": k0, "k_hi": k1, "num_streams": num_streams, "nfields": nfields,
+           "tables": encode_tables(shards, k0, k1), "heads": encode_heads(heads, k0, k1 - 1)}
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    key = page_key(k0, checksum(body))
+    return key, body, [key, len(body), checksum(body), k0, k1]
+
+
+def plan_pages(pages: list[list], k_lo: int, k_hi: int, size: int) -> tuple[list[list], list[tuple[int, int]]]:
+    """(the references still needed in window [k_lo, k_hi), the ranges [k0, k1) to write as new pages): every
+    full stretch of `size` shards below k_hi that no page holds, pages ending on multiples of `size`."""
+    kept = [p for p in pages if p[4] > k_lo]
+    a, new = max(kept[-1][4] if kept else 0, k_lo), []
+    while (a // size + 1) * size <= k_hi:
+        new.append((a, (a // size + 1) * size))
+        a = new[-1][1]
+    return kept, new
+
+
+def load_pages(d: Durable, m: dict, mkey: str, cache: dict[str, dict] | None = None) -> dict:
+    """Manifest `m` with every row inline: its pages' rows joined to its own (m itself when it has no pages).
+    A page that is missing or fails its checksum raises CorruptChunkError naming it and the manifest; a failed
+    read that is not "missing" raises DurableStoreError. `cache`: pages already read (they never change)."""
+    refs = m.get("pages") or []
+    if not refs:
+        return m
+    shards, heads = decode_tables(m | {"k_lo": m["rows_lo"]}), decode_heads(m)
+    for key, nbytes, crc, k0, k1 in refs:
+        doc = (cache or {}).get(key)
+        if doc is None:
+            try:
+                body = d.get(key)
+            except DurableStoreError as e:
+                if not isinstance(e.__cause__, FileNotFoundError):
+                    raise
+                raise CorruptChunkError(f"page {d.url}/{key} of manifest {mkey} is missing", key=key,
+                                        manifest=mkey) from e
+            if len(body) != nbytes or checksum(body) != crc:
+                raise CorruptChunkError(f"page {d.url}/{key} of manifest {mkey} failed its checksum", key=key,
+                                        manifest=mkey)
+            doc = json.loads(body)
+            if cache is not None:
+                cache[key] = doc
+        assert (doc["k_lo"], doc["k_hi"]) == (k0, k1), (key, doc["k_lo"], doc["k_hi"], k0, k1)
+        shards.update(decode_tables(doc))
+        for k, ws in decode_heads(doc).items():
+            heads.setdefault(k, {}).update(ws)
+    k_lo, k_hi = m["k_lo"], m["k_hi"]
+    shards = {k: v for k, v in shards.items() if k_lo <= k < k_hi}
+    assert len(shards) == k_hi - k_lo, f"manifest {mkey}: rows of {k_hi - k_lo - len(shards)} shards missing"
+    return m | {"rows_lo": k_lo, "tables": encode_tables(shards, k_lo, k_hi),
+                "heads": encode_heads(heads, k_lo, k_hi)}
 
 
 def check_compatible(m: dict, key: str, schema: Schema, num_streams: int, chunk: int, inner: int) -> None:

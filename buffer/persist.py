@@ -10,7 +10,7 @@ import numpy as np
 
 from .codec import checksum
 from .config import schema_to_json
-from .durable import PACK_DIR, chunk_key, manifest_key, pack_key
+from .durable import PACK_DIR, PAGE_DIR, chunk_key, manifest_key, pack_key
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, WriterFencedError
 from .manifest import (
     FORMAT,
@@ -20,12 +20,15 @@ from .manifest import (
     decode_heads,
     decode_tables,
     encode_heads,
+    encode_page,
     encode_tables,
     head_fields,
     head_file_bytes,
     head_m,
     join_shard,
+    load_pages,
     object_keys,
+    plan_pages,
     read_segments,
 )
 
@@ -110,14 +113,21 @@ class Persistence:
             heads[s.k_hi] = {w: (*prev.get(w, ()), *([Segment(pkey, len(pack), m_full - m_prev, *new_segs[w])]
                                                       if w in new_segs else [])) for w in range(W)}
         heads = {k: v for k, v in heads.items() if any(v.values())}
+        pages, new_pages = plan_pages(self._pages, s.k_lo, s.k_hi, self.cfg.table_page)
+        for k0, k1 in new_pages:
+            key, page, ref = encode_page(s.shards, heads, k0, k1, W, len(self.fields))
+            d.put(key, page, fsync=False)
+            pages.append(ref)
+        inline = max(s.k_lo, pages[-1][4]) if pages else s.k_lo
         d.put(pkey, pack, fsync=False)
-        d.sync([k for k, _ in uploads] + [pkey])
+        d.sync([k for k, _ in uploads] + [p[0] for p in pages[len(pages) - len(new_pages):]] + [pkey])
         manifest = {
             "format": FORMAT, "commit": s.commit, "generation": self._gen, "writer": self.token,
             "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
             "chunk": self.cfg.chunk, "inner": self.cfg.inner, "zstd_level": self.cfg.zstd_level,
             "capacity": self.cfg.capacity, "t": s.t, "lo": s.lo, "k_lo": s.k_lo, "k_hi": s.k_hi,
-            "tables": encode_tables(s.shards, s.k_lo, s.k_hi), "heads": encode_heads(heads, s.k_lo, s.k_hi),
+            "pages": pages, "rows_lo": inline,
+            "tables": encode_tables(s.shards, inline, s.k_hi), "heads": encode_heads(heads, inline, s.k_hi),
             "pack": {"key": pkey, "nbytes": len(pack), "crc": checksum(pack), "entries": entries},
             "sampler": {"seed": self._seed, "draws": s.draws, "batch": self.batch, "length": self.length,
                         "force_first": self.force_first},
@@ -141,13 +151,17 @@ class Persistence:
         d.sync_dirs([mkey])
         self._k_durable = max(self._k_durable, s.k_hi)
         self._last_commit = s.commit
-        self._manifest_keys[mkey] = frozenset(object_keys(manifest))
-        self._heads, self._open_k = heads, s.k_hi
+        # the writer has every row in hand: the keys without reading its pages back
+        self._manifest_keys[mkey] = frozenset(object_keys(manifest | {
+            "rows_lo": s.k_lo, "tables": encode_tables(s.shards, s.k_lo, s.k_hi),
+            "heads": encode_heads(heads, s.k_lo, s.k_hi)}))
+        self._heads, self._open_k, self._pages = heads, s.k_hi, pages
         self._bad_keys -= {k for k, _ in uploads}  # a quarantined key written afresh from verified scratch
         new_bytes = sum(n for _, n in uploads)
+        page_bytes = sum(p[1] for p in pages[len(pages) - len(new_pages):])
         self.stats.update(last_commit_s=time.perf_counter() - t0, last_commit_chunk_bytes=new_bytes,
-                          last_commit_bytes=new_bytes + len(pack) + len(body),
-                          last_commit_pack_bytes=len(pack),
+                          last_commit_bytes=new_bytes + len(pack) + len(body) + page_bytes,
+                          last_commit_pack_bytes=len(pack), last_commit_page_bytes=page_bytes,
                           last_commit_manifest_bytes=len(body))
         try:
             d.check_writer(self.token, self._gen)
@@ -168,13 +182,22 @@ class Persistence:
 
     def _keys_of(self, mkey: str) -> frozenset[str]:
         if mkey not in self._manifest_keys:
-            self._manifest_keys[mkey] = frozenset(object_keys(self._durable.read_json(mkey)))
+            m = self._durable.read_json(mkey)
+            try:
+                m = load_pages(self._durable, m, mkey, self._page_cache)
+            except CorruptChunkError as e:
+                # restorable never again: its own objects and the page, which makes it count as bad; the rows
+                # the page held are lost with it (objects only they name stay until a sweep at restore)
+                with self._lock:
+                    self._bad_keys |= {e.key}
+                m = m | {"k_lo": m["rows_lo"]}
+            self._manifest_keys[mkey] = frozenset(object_keys(m))
         return self._manifest_keys[mkey]
 
     def _keys_or_none(self, mkey: str) -> frozenset[str] | None:
         try:
             return self._keys_of(mkey)
-        except (DurableStoreError, ValueError, KeyError):
+        except (ReplayError, ValueError, KeyError):  # unreadable, or a page missing or damaged
             return None
 
     def _gc(self) -> None:
@@ -197,7 +220,7 @@ class Persistence:
         for c, g, mkey in dropped:
             try:
                 keys = self._keys_of(mkey)
-            except (DurableStoreError, ValueError, KeyError):
+            except (ReplayError, ValueError, KeyError):
                 keys = frozenset()
             self._durable.delete([mkey])
             # a pack stays while a kept manifest's shard starts with frames from it
@@ -226,7 +249,7 @@ class Persistence:
         self._t, self._lo, self._k_lo, self._k_hi = m["t"], m["lo"], m["k_lo"], m["k_hi"]
         self._k_durable = self._k_hi
         self._shards = decode_tables(m)
-        self._heads, self._open_k = decode_heads(m), m["k_hi"]
+        self._heads, self._open_k, self._pages = decode_heads(m), m["k_hi"], list(m.get("pages", []))
         self._seed, self._draws = m["sampler"]["seed"], m["sampler"]["draws"]
         self._restored_from, self._last_commit = mkey, m["commit"]
         n = self._t - self._k_hi * self.cfg.chunk
@@ -252,7 +275,8 @@ class Persistence:
         live |= {m["pack"]["key"] for m in parsed.values()}
         packs = self._durable.list_sizes(PACK_DIR)
         stray = self._durable.stray_manifest_files()
-        self._durable.delete(sorted(k for k in [*listing, *packs] if k not in live) + stray)
+        self._durable.delete(sorted(k for k in {*listing, *packs, *self._durable.list_sizes(PAGE_DIR)}
+                                    if k not in live) + stray)
 
     def _fetch_chunk(self, w: int, k: int, info: ShardInfo) -> list[bytes]:
         """Durable shard (w, k) as verified per-field shard files: its chunk object, after the frames of its

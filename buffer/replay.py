@@ -13,7 +13,7 @@ import numpy as np
 
 from .codec import ShardCodec, checksum
 from .config import ReplayConfig, Schema
-from .durable import CHUNK_DIR, PACK_DIR, Durable
+from .durable import CHUNK_DIR, PACK_DIR, PAGE_DIR, Durable
 from .errors import (
     CorruptChunkError,
     DurableStoreError,
@@ -22,7 +22,7 @@ from .errors import (
     SchemaError,
     ScratchError,
 )
-from .manifest import Head, ShardInfo, check_compatible, object_ids, object_keys
+from .manifest import Head, ShardInfo, check_compatible, load_pages, object_ids, object_keys
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
@@ -90,6 +90,7 @@ class Replay(Persistence):
         self._lazy_thread: threading.Thread | None = None
         self._bg_error: BaseException | None = None
         self._corrupt: dict[str, CorruptChunkError] = {}  # durable chunk key -> what its fetch found
+        self._page_cache: dict[str, dict] = {}  # pages read from the durable store (write-once: never stale)
         self._bad_keys: set[str] = set()  # chunk keys known missing or corrupt: their manifests cannot restore
         self._pinned: frozenset[str] = frozenset()  # manifests GC keeps until a lazy restore has verified
         self._closing = threading.Event()
@@ -103,6 +104,7 @@ class Replay(Persistence):
         self._shards: dict[int, ShardInfo] = {}
         self._heads: dict[int, dict[int, Head]] = {}  # shard -> stream -> segments its object skips
         self._open_k = -1  # the shard open at the last commit; its segments start the tail
+        self._pages: list[list] = []  # references [key, nbytes, crc, k0, k1] of the last commit's pages
         self._local: dict[tuple[int, int], threading.Event | bool] = {}
         self._pending_delete: list[int] = []
         self._manifest_keys: dict[str, frozenset[str]] = {}
@@ -428,7 +430,7 @@ class Replay(Persistence):
         if not ms:
             self._scratch.sweep(range(0))
             return None
-        listing = {**d.list_sizes(CHUNK_DIR), **d.list_sizes(PACK_DIR)}
+        listing = {**d.list_sizes(CHUNK_DIR), **d.list_sizes(PACK_DIR), **d.list_sizes(PAGE_DIR)}
         bad: set[str] = set()
         first_err: CorruptChunkError | None = None
         parsed: dict[str, dict] = {}
@@ -437,8 +439,16 @@ class Replay(Persistence):
                 m = d.read_json(mkey)
             except (DurableStoreError, ValueError):
                 continue
-            parsed[mkey] = m
             check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner)
+            if {p[0] for p in m.get("pages", [])} & (bad | self._corrupt.keys()):
+                continue
+            try:
+                m = load_pages(d, m, mkey, self._page_cache)
+            except CorruptChunkError as e:
+                bad.add(e.key)
+                first_err = first_err or e
+                continue
+            parsed[mkey] = m
             keys = object_keys(m)
             if keys.keys() & (bad | self._corrupt.keys()):
                 continue
@@ -446,7 +456,7 @@ class Replay(Persistence):
                 for key, size in keys.items():
                     if listing.get(key) != size:
                         found = "is missing" if key not in listing else f"has {listing[key]} bytes instead of {size}"
-                        what = "pack" if key.startswith(PACK_DIR) else "chunk"
+                        what = {PACK_DIR: "pack", PAGE_DIR: "page"}.get(key.split("/", 1)[0], "chunk")
                         raise CorruptChunkError(f"durable {what} {d.url}/{key} referenced by manifest {mkey} "
                                                 f"{found}", key=key, manifest=mkey)
                 blobs, extra = self._load(m, mkey)
@@ -507,7 +517,8 @@ class Replay(Persistence):
 
 def read_latest_manifest(durable: str, with_tables: bool = False) -> dict | None:
     """Newest readable manifest of a durable store, its key under "key" (read-only; for status and verify tools).
-    The chunk tables, the bulk of a manifest, are dropped unless `with_tables`."""
+    The chunk tables, the bulk of a manifest, are dropped unless `with_tables` (then they are as stored: pass the
+    manifest through `manifest.load_pages` for the rows its pages hold)."""
     d = Durable(durable, create=False)
     for _c, _g, mkey in d.manifests():
         try:
@@ -515,7 +526,8 @@ def read_latest_manifest(durable: str, with_tables: bool = False) -> dict | None
         except (DurableStoreError, ValueError):
             continue
         if not with_tables:
-            m.pop("tables", None)
+            for bulk in ("tables", "heads", "pages"):
+                m.pop(bulk, None)
         m["key"] = mkey
         return m
     return None

@@ -254,10 +254,15 @@ def _wipe(t: Trial) -> None:
 
 def _corrupt_newest_chunk(t: Trial) -> None:
     """Flip 16 bytes in place in the newest-numbered chunk of the newest manifest (size unchanged)."""
-    from buffer.manifest import chunk_keys
+    from buffer.durable import Durable
+    from buffer.manifest import chunk_keys, load_pages
 
-    ms = t.manifests()
-    newest = json.loads((Path(t.durable) / "manifests" / ms[-1]).read_text())
+    ms, d = t.manifests(), Durable(str(t.durable), create=False)
+
+    def manifest(name: str) -> dict:
+        return load_pages(d, json.loads((Path(t.durable) / "manifests" / name).read_text()), name)
+
+    newest = manifest(ms[-1])
     keys = sorted(chunk_keys(newest), key=lambda k: (int(k.rsplit("/", 1)[1].split("-")[0]), k))
     if not keys:
         raise ChaosError("corrupt_chunk: the newest manifest references no finished chunk (raise steps or lower "
@@ -271,7 +276,7 @@ def _corrupt_newest_chunk(t: Trial) -> None:
         data[i] ^= 0xFF
     with open(p, "r+b") as f:
         f.write(data)
-    older = [json.loads((Path(t.durable) / "manifests" / m).read_text()) for m in ms[:-1]]
+    older = [manifest(m) for m in ms[:-1]]
     t.notes.update(corrupted=key, corrupted_offset=off, manifest=ms[-1],
                    fallback_possible=any(key not in chunk_keys(m) for m in older))
 

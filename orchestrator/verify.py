@@ -21,7 +21,7 @@ from pathlib import Path
 from buffer import read_latest_manifest
 from buffer.codec import ShardCodec, checksum
 from buffer.durable import Durable, chunk_key
-from buffer.errors import DurableStoreError
+from buffer.errors import CorruptChunkError, DurableStoreError
 from buffer.manifest import (
     Head,
     decode_heads,
@@ -29,6 +29,7 @@ from buffer.manifest import (
     head_fields,
     head_m,
     join_shard,
+    load_pages,
     read_segments,
 )
 
@@ -61,7 +62,12 @@ def fingerprint(durable: str, metrics: str | Path | None = None) -> dict:
     corrupt: list[str] = []
     h = hashlib.sha256(json.dumps({k: m[k] for k in ("t", "lo", "k_lo", "k_hi", "sampler", "schema")},
                                   sort_keys=True).encode())
-    tables, heads = decode_tables(m), decode_heads(m)
+    try:
+        m = load_pages(d, m, mkey)
+        tables, heads = decode_tables(m), decode_heads(m)
+    except CorruptChunkError as e:  # the rows of finished shards are lost with their page: nothing to hash
+        corrupt.append(e.key)
+        tables, heads = {}, decode_heads(m)
     codec, nf = ShardCodec(m["chunk"], m["inner"], m["zstd_level"]), len(m["schema"])
     for k, info in sorted(tables.items()):
         for w in range(m["num_streams"]):

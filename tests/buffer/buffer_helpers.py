@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from buffer import FieldSpec, Replay, ReplayConfig
+from buffer.durable import Durable
+from buffer.manifest import load_pages
 
 SCHEMA = {
     "image": FieldSpec((6, 6, 3), "uint8"),  # > 64 bytes: decoded per inner chunk; the rest whole
@@ -40,9 +45,10 @@ def expected(stream: int, start: int, stop: int, num_streams: int) -> dict[str, 
 def make_replay(scratch: str, durable: str, *, num_streams: int = 2, capacity: int = 400, chunk: int = 16,
                 inner: int = 4, batch: int = 3, length: int = 6, seed: int = 7, lazy: bool = True,
                 prefetch: int = 2, keep: int = 3, token: str = "w1", force_first: bool = False,
-                fsync: bool = False) -> Replay:
+                fsync: bool = False, table_page: int = 2) -> Replay:
+    # pages of 2 shards: most tests' commits write and read pages (the default, 16, is reached by few of them)
     cfg = ReplayConfig(capacity=capacity, chunk=chunk, inner=inner, keep=keep, prefetch=prefetch, lazy=lazy,
-                       fsync=fsync)
+                       fsync=fsync, table_page=table_page)
     return Replay(SCHEMA, num_streams, scratch, durable, cfg, batch=batch, length=length, seed=seed,
                   force_first=force_first, writer_token=token)
 
@@ -52,3 +58,8 @@ def assert_batches_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (k, a[k].shape, b[k].shape)
         assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def read_manifest(durable: Path, key: str) -> dict:
+    """Manifest `key` ("manifests/<name>.json") of a local durable folder, with the rows its pages hold."""
+    return load_pages(Durable(str(durable), create=False), json.loads((durable / key).read_text()), key)

@@ -10,7 +10,7 @@ import pytest
 from buffer import CorruptChunkError, NoRestorableCommitError, Replay, WriterFencedError
 from buffer.durable import Durable
 from buffer.manifest import chunk_keys
-from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step
+from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step, read_manifest
 
 KW = dict(capacity=2 * 200, chunk=16, inner=4, batch=3, length=6)
 
@@ -145,7 +145,7 @@ def test_gc_keeps_the_fallback_while_unverified_and_does_not_count_unrestorable_
     assert manifests(d) == ["0000000005-000003.json", "0000000006-000003.json"]
     live = set()
     for m in manifests(d):
-        live |= set(chunk_keys(json.loads((d / "manifests" / m).read_text())))
+        live |= set(chunk_keys(read_manifest(d, f"manifests/{m}")))
     on_disk = {f"chunks/{w}/{n}" for w in os.listdir(d / "chunks") for n in os.listdir(d / "chunks" / w)}
     assert on_disk == live
     for w in range(2):

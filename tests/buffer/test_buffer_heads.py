@@ -14,7 +14,7 @@ import pytest
 from buffer import DurableStoreError, NoRestorableCommitError, Replay
 from buffer.durable import Durable
 from buffer.manifest import chunk_keys, decode_heads, decode_tables, head_file_bytes, head_m, object_keys
-from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step
+from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step, read_manifest
 
 W = 2
 
@@ -26,7 +26,7 @@ def fill(r: Replay, start: int, stop: int) -> None:
 
 def manifest(d: Path, commit: int) -> dict:
     (name,) = [n for n in os.listdir(d / "manifests") if n.startswith(f"{commit:010d}-")]
-    return json.loads((d / "manifests" / name).read_text())
+    return read_manifest(d, f"manifests/{name}")
 
 
 def check_all(r: Replay, stop: int) -> None:
@@ -86,7 +86,7 @@ def test_a_pack_stays_while_a_kept_shard_starts_in_it_and_goes_with_the_shard(tm
     r.commit({})
     assert not (d / p1).exists()
     live = set(object_keys(manifest(d, 3))) | {manifest(d, 3)["pack"]["key"]}
-    on_disk = {f"{top}/{p.relative_to(d / top)}" for top in ("chunks", "packs") for p in (d / top).rglob("*")
+    on_disk = {f"{top}/{p.relative_to(d / top)}" for top in ("chunks", "packs", "tables") for p in (d / top).rglob("*")
                if p.is_file()}
     assert on_disk == live
     r.close()

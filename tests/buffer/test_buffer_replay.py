@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -22,7 +21,14 @@ from buffer import (
     WriterFencedError,
     read_latest_manifest,
 )
-from tests.buffer.buffer_helpers import SCHEMA, assert_batches_equal, expected, make_replay, make_step
+from tests.buffer.buffer_helpers import (
+    SCHEMA,
+    assert_batches_equal,
+    expected,
+    make_replay,
+    make_step,
+    read_manifest,
+)
 
 
 def fill(r: Replay, start: int, stop: int) -> None:
@@ -200,7 +206,7 @@ def test_commit_writes_only_new_data_and_gc_keeps_k_manifests(tmp_path):
     referenced = set()
     for m in manifests:
         from buffer.manifest import chunk_keys
-        referenced |= set(chunk_keys(json.loads((d / m).read_text())))
+        referenced |= set(chunk_keys(read_manifest(d, m)))
     assert {f for f in files if f.startswith("chunks")} == referenced
     assert len({f for f in files if f.startswith("packs")}) == 2
     r.close()
