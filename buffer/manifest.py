@@ -206,16 +206,29 @@ def object_keys(m: dict) -> dict[str, int]:
     return out
 
 
+def shard_keys(doc: dict) -> dict[int, frozenset[str]]:
+    """Shard k -> keys of the durable objects its rows need (its chunk objects, its segments' packs), for the
+    rows a page or a manifest holds."""
+    heads, out = decode_heads(doc), {}
+    for k, info in decode_tables(doc).items():
+        ks = set()
+        for w in range(doc["num_streams"]):
+            h = heads.get(k, {}).get(w, ())
+            ks.add(chunk_key(w, k, int(info.obj[w]), head_m(h)))
+            ks.update(g.pack for g in h)
+        out[k] = frozenset(ks)
+    return out
+
+
 # --- pages: the rows of finished shards, written once, so that a manifest does not grow with the buffer
 def encode_page(shards: dict[int, ShardInfo], heads: dict[int, dict[int, Head]], k0: int, k1: int,
-                num_streams: int, nfields: int) -> tuple[str, bytes, list]:
-    """(key, body, reference) of the page of shards [k0, k1), all finished: their tables and segments. A
+                num_streams: int, nfields: int) -> tuple[dict, bytes, list]:
+    """(document, body, reference) of the page of shards [k0, k1), all finished: their tables and segments. A
     manifest lists the reference [key, nbytes, checksum, k0, k1] instead of the rows."""
     doc = {"format": PAGE_FORMAT, "k_lo": k0, "k_hi": k1, "num_streams": num_streams, "nfields": nfields,
            "tables": encode_tables(shards, k0, k1), "heads": encode_heads(heads, k0, k1 - 1)}
     body = json.dumps(doc, separators=(",", ":")).encode()
-    key = page_key(k0, checksum(body))
-    return key, body, [key, len(body), checksum(body), k0, k1]
+    return doc, body, [page_key(k0, checksum(body)), len(body), checksum(body), k0, k1]
 
 
 def plan_pages(pages: list[list], k_lo: int, k_hi: int, size: int) -> tuple[list[list], list[tuple[int, int]]]:

@@ -30,6 +30,7 @@ from .manifest import (
     object_keys,
     plan_pages,
     read_segments,
+    shard_keys,
 )
 
 
@@ -115,8 +116,9 @@ class Persistence:
         heads = {k: v for k, v in heads.items() if any(v.values())}
         pages, new_pages = plan_pages(self._pages, s.k_lo, s.k_hi, self.cfg.table_page)
         for k0, k1 in new_pages:
-            key, page, ref = encode_page(s.shards, heads, k0, k1, W, len(self.fields))
-            d.put(key, page, fsync=False)
+            doc, page, ref = encode_page(s.shards, heads, k0, k1, W, len(self.fields))
+            d.put(ref[0], page, fsync=False)
+            self._page_cache[ref[0]] = doc
             pages.append(ref)
         inline = max(s.k_lo, pages[-1][4]) if pages else s.k_lo
         d.put(pkey, pack, fsync=False)
@@ -151,10 +153,7 @@ class Persistence:
         d.sync_dirs([mkey])
         self._k_durable = max(self._k_durable, s.k_hi)
         self._last_commit = s.commit
-        # the writer has every row in hand: the keys without reading its pages back
-        self._manifest_keys[mkey] = frozenset(object_keys(manifest | {
-            "rows_lo": s.k_lo, "tables": encode_tables(s.shards, s.k_lo, s.k_hi),
-            "heads": encode_heads(heads, s.k_lo, s.k_hi)}))
+        self._manifest_keys[mkey] = self._window_keys(manifest)
         self._heads, self._open_k, self._pages = heads, s.k_hi, pages
         self._bad_keys -= {k for k, _ in uploads}  # a quarantined key written afresh from verified scratch
         new_bytes = sum(n for _, n in uploads)
@@ -179,6 +178,18 @@ class Persistence:
                 return False
             i += g.m
         return True
+
+    def _window_keys(self, m: dict) -> frozenset[str]:
+        """object_keys() of this writer's manifest `m`, from its inline rows and each page's keys per shard
+        (worked out once per page): a commit's bookkeeping stays proportional to its new rows."""
+        keys = set(object_keys(m | {"k_lo": m["rows_lo"]}))  # inline rows, their packs, the page references
+        self._shard_keys = {p[0]: self._shard_keys.get(p[0]) or shard_keys(self._page_cache[p[0]])
+                            for p in m["pages"]}
+        for per_k in self._shard_keys.values():
+            for k, ks in per_k.items():
+                if k >= m["k_lo"]:
+                    keys |= ks
+        return frozenset(keys)
 
     def _keys_of(self, mkey: str) -> frozenset[str]:
         if mkey not in self._manifest_keys:

@@ -90,7 +90,8 @@ class Replay(Persistence):
         self._lazy_thread: threading.Thread | None = None
         self._bg_error: BaseException | None = None
         self._corrupt: dict[str, CorruptChunkError] = {}  # durable chunk key -> what its fetch found
-        self._page_cache: dict[str, dict] = {}  # pages read from the durable store (write-once: never stale)
+        self._page_cache: dict[str, dict] = {}  # pages read or written (write-once: never stale)
+        self._shard_keys: dict[str, dict[int, frozenset[str]]] = {}  # page -> shard -> keys of its objects
         self._bad_keys: set[str] = set()  # chunk keys known missing or corrupt: their manifests cannot restore
         self._pinned: frozenset[str] = frozenset()  # manifests GC keeps until a lazy restore has verified
         self._closing = threading.Event()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from buffer import NoRestorableCommitError, Replay
-from buffer.manifest import READABLE
+from buffer.manifest import READABLE, object_keys
 from orchestrator.verify import fingerprint
 from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step, read_manifest
 
@@ -38,23 +38,26 @@ def pages_on_disk(d: Path) -> dict[str, int]:
 
 
 def test_manifests_stay_small_and_each_page_is_written_once(tmp_path):
-    """40 shards a stream, a commit after each: with pages of 4 shards a manifest holds at most 4 shards' rows
-    plus one small reference per page; with rows inline (one page larger than the buffer) it grows by a
-    shard's rows per commit."""
+    """40 shards a stream, a commit after each, the window 30 shards: with pages of 4 shards a manifest holds at
+    most 4 shards' rows plus one small reference per page; with rows inline (one page larger than the buffer)
+    it grows by a shard's rows per commit."""
     sizes = {}
     for page in (4, 10**6):
         d = tmp_path / f"d{page}"
-        r = make_replay(str(tmp_path / f"s{page}"), str(d), capacity=W * 40 * CHUNK, keep=2, table_page=page)
+        r = make_replay(str(tmp_path / f"s{page}"), str(d), capacity=W * 30 * CHUNK, keep=2, table_page=page)
         seen, sizes[page] = {}, []
         for c in range(40):
             fill(r, c * CHUNK + (c > 0) * 5, (c + 1) * CHUNK + 5)  # the open shard holds 5 steps at each commit
             r.commit({"c": c})
-            m = raw(d, manifests(d)[-1])
+            key = manifests(d)[-1]
+            m = raw(d, key)
             sizes[page].append(r.stats["last_commit_manifest_bytes"])
-            assert m["k_hi"] == c + 1 and len(m["pages"]) == (c + 1) // page
-            assert m["rows_lo"] == (c + 1) // page * page
+            assert m["k_hi"] == c + 1 and len(m["pages"]) == (c + 1) // page - m["k_lo"] // page
+            assert m["rows_lo"] == max(m["k_lo"], (c + 1) // page * page)
+            # what the writer's GC takes a commit to need (worked out from its pages' rows) is what it needs
+            assert r._manifest_keys[key] == frozenset(object_keys(read_manifest(d, key))), c
             on_disk = pages_on_disk(d)
-            assert {k: v for k, v in on_disk.items() if k in seen} == seen  # never rewritten
+            assert all(seen[k] == v for k, v in on_disk.items() if k in seen)  # never rewritten
             new = on_disk.keys() - seen.keys()
             assert len(new) == ((c + 1) % page == 0), (c, new)
             assert r.stats["last_commit_page_bytes"] == sum(os.path.getsize(d / k) for k in new)
