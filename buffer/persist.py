@@ -115,14 +115,16 @@ class Persistence:
                                                       if w in new_segs else [])) for w in range(W)}
         heads = {k: v for k, v in heads.items() if any(v.values())}
         pages, new_pages = plan_pages(self._pages, s.k_lo, s.k_hi, self.cfg.table_page)
+        new_keys = [k for k, _ in uploads]
         for k0, k1 in new_pages:
             doc, page, ref = encode_page(s.shards, heads, k0, k1, W, len(self.fields))
             d.put(ref[0], page, fsync=False)
             self._page_cache[ref[0]] = doc
             pages.append(ref)
+            new_keys.append(ref[0])
         inline = max(s.k_lo, pages[-1][4]) if pages else s.k_lo
         d.put(pkey, pack, fsync=False)
-        d.sync([k for k, _ in uploads] + [p[0] for p in pages[len(pages) - len(new_pages):]] + [pkey])
+        d.sync([*new_keys, pkey])
         manifest = {
             "format": FORMAT, "commit": s.commit, "generation": self._gen, "writer": self.token,
             "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
@@ -155,7 +157,7 @@ class Persistence:
         self._last_commit = s.commit
         self._manifest_keys[mkey] = self._window_keys(manifest)
         self._heads, self._open_k, self._pages = heads, s.k_hi, pages
-        self._bad_keys -= {k for k, _ in uploads}  # a quarantined key written afresh from verified scratch
+        self._bad_keys -= set(new_keys)  # a quarantined key written afresh from verified scratch
         new_bytes = sum(n for _, n in uploads)
         page_bytes = sum(p[1] for p in pages[len(pages) - len(new_pages):])
         self.stats.update(last_commit_s=time.perf_counter() - t0, last_commit_chunk_bytes=new_bytes,
@@ -237,6 +239,28 @@ class Persistence:
             # a pack stays while a kept manifest's shard starts with frames from it
             self._durable.delete(sorted(({pack_key(c, g)} | keys) - live))
             self._manifest_keys.pop(mkey, None)
+
+    def _load_pages(self, m: dict, mkey: str) -> dict:
+        """load_pages() for restore: a page that fails its checksum is read again (a torn transfer passes then)
+        and, failing twice, moved to quarantine/ like a chunk. CorruptChunkError names it either way."""
+        d = self._durable
+        try:
+            return load_pages(d, m, mkey, self._page_cache)
+        except CorruptChunkError as e:
+            if not d.exists(e.key):
+                raise
+            first = e
+        try:
+            return load_pages(d, m, mkey, self._page_cache)
+        except CorruptChunkError as e:
+            if e.key != first.key:
+                raise
+            try:
+                where = f"moved to {d.url}/" + d.quarantine(e.key, {"manifest": mkey, "writer": self.token,
+                                                                   "generation": self._gen, "page": e.key})
+            except DurableStoreError as qe:
+                where = f"could not be quarantined ({qe})"
+            raise CorruptChunkError(f"{e} twice; {where}", key=e.key, manifest=mkey) from None
 
     def _load(self, m: dict, mkey: str) -> tuple[dict[str, bytes], dict]:
         pk = m["pack"]

@@ -22,7 +22,7 @@ from .errors import (
     SchemaError,
     ScratchError,
 )
-from .manifest import Head, ShardInfo, check_compatible, load_pages, object_ids, object_keys
+from .manifest import Head, ShardInfo, check_compatible, object_ids, object_keys
 from .persist import Persistence, _Snapshot
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
@@ -444,7 +444,7 @@ class Replay(Persistence):
             if {p[0] for p in m.get("pages", [])} & (bad | self._corrupt.keys()):
                 continue
             try:
-                m = load_pages(d, m, mkey, self._page_cache)
+                m = self._load_pages(m, mkey)
             except CorruptChunkError as e:
                 bad.add(e.key)
                 first_err = first_err or e

@@ -125,6 +125,8 @@ def test_a_damaged_page_falls_back_past_every_commit_using_it(tmp_path, damage):
     assert restored.commit_id == 1 and restored.extra == {"t": CHUNK + 3}
     for w in range(W):
         assert_batches_equal(r.read(w, 0, CHUNK + 3), expected(w, 0, CHUNK + 3, W))
+    quarantined = sorted(p.name for p in (d / "quarantine" / "tables").glob("*")) if damage == "flip" else []
+    assert [n.startswith(page.split("/")[1]) for n in quarantined] == ([True, True] if damage == "flip" else [])
     for c in range(4):  # GC drops the commits that needed the page once 3 newer ones are kept
         fill(r, r.info["t"], r.info["t"] + 5)
         r.commit({"c": c})
