@@ -117,8 +117,9 @@ class Settings:
 
     exp: str = "smoke"
     seed: int = 0
+    # 128-step shards and pages of 4: a run of 1500 steps a stream finishes 11 shards and writes 2 pages
     overrides: str = ("train.steps=3000 train.prefill=200 train.log_every=100 train.commit_every_min=0.1 "
-                      "replay.chunk=128 cluster.cpus=1 cluster.time_min=10")
+                      "replay.chunk=128 replay.table_page=4 cluster.cpus=1 cluster.time_min=10")
     target: str = "agent.train:train"
     env: dict = field(default_factory=dict)  # extra environment of the jobs (e.g. R2I_TEST_STEP_S)
     max_delay_s: float = 20.0  # faults land uniformly in [0, max_delay_s] after an attempt's first commit
