@@ -22,7 +22,8 @@ from pathlib import Path
 from orchestrator.chaos import KINDS, ChaosError, Settings, compact_events, run_trial, verdict
 
 REPO = Path(__file__).resolve().parents[1]
-GRACE = {"timeout": "15-45 s (USR2 on the 30 s timer, limit 1 min)", "preempt": "15 s (GraceTime)",
+GRACE = {"timeout": "signal_grace_s (15 s before 1ecd40d, 40 s since) to +30 s (USR2 on the 30 s timer), "
+                    "limit 1 min", "preempt": "15 s (GraceTime)",
          "requeue": "10 s (KillWait after SIGTERM)", "scratch_wipe": "10 s (KillWait after SIGTERM)",
          "corrupt_chunk": "10 s (KillWait after SIGTERM)"}
 
