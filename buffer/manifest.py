@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -183,16 +184,20 @@ def decode_heads(m: dict) -> dict[int, dict[int, Head]]:
     return out
 
 
-def chunk_keys(m: dict) -> dict[str, int]:
-    """{durable chunk key: size} of every chunk object the manifest references."""
-    out = {}
+def _shards(m: dict) -> Iterator[tuple[int, int, ShardInfo, Head]]:
+    """(k, stream, its ShardInfo, its segments) of every finished shard whose rows `m` (a manifest or a page)
+    holds."""
     heads = decode_heads(m)
     for k, info in decode_tables(m).items():
         for w in range(m["num_streams"]):
-            h = heads.get(k, {}).get(w, ())
-            size = int(info.size[w].sum()) - sum(head_file_bytes(h, j) for j in range(info.size.shape[1]))
-            out[chunk_key(w, k, int(info.obj[w]), head_m(h))] = size
-    return out
+            yield k, w, info, heads.get(k, {}).get(w, ())
+
+
+def chunk_keys(m: dict) -> dict[str, int]:
+    """{durable chunk key: size} of every chunk object the manifest references."""
+    return {chunk_key(w, k, int(info.obj[w]), head_m(h)):
+            int(info.size[w].sum()) - sum(head_file_bytes(h, j) for j in range(info.size.shape[1]))
+            for k, w, info, h in _shards(m)}
 
 
 def object_keys(m: dict) -> dict[str, int]:
@@ -209,15 +214,15 @@ def object_keys(m: dict) -> dict[str, int]:
 def shard_keys(doc: dict) -> dict[int, frozenset[str]]:
     """Shard k -> keys of the durable objects its rows need (its chunk objects, its segments' packs), for the
     rows a page or a manifest holds."""
-    heads, out = decode_heads(doc), {}
-    for k, info in decode_tables(doc).items():
-        ks = set()
-        for w in range(doc["num_streams"]):
-            h = heads.get(k, {}).get(w, ())
-            ks.add(chunk_key(w, k, int(info.obj[w]), head_m(h)))
-            ks.update(g.pack for g in h)
-        out[k] = frozenset(ks)
-    return out
+    out: dict[int, set[str]] = {}
+    for k, w, info, h in _shards(doc):
+        out.setdefault(k, set()).update([chunk_key(w, k, int(info.obj[w]), head_m(h)), *(g.pack for g in h)])
+    return {k: frozenset(ks) for k, ks in out.items()}
+
+
+def inline_rows(m: dict) -> dict:
+    """A paged manifest as the document of the rows it holds itself (those of shards rows_lo..k_hi)."""
+    return m | {"k_lo": m["rows_lo"]}
 
 
 # --- pages: the rows of finished shards, written once, so that a manifest does not grow with the buffer
@@ -228,7 +233,8 @@ def encode_page(shards: dict[int, ShardInfo], heads: dict[int, dict[int, Head]],
     doc = {"format": PAGE_FORMAT, "k_lo": k0, "k_hi": k1, "num_streams": num_streams, "nfields": nfields,
            "tables": encode_tables(shards, k0, k1), "heads": encode_heads(heads, k0, k1 - 1)}
     body = json.dumps(doc, separators=(",", ":")).encode()
-    return doc, body, [page_key(k0, checksum(body)), len(body), checksum(body), k0, k1]
+    crc = checksum(body)
+    return doc, body, [page_key(k0, crc), len(body), crc, k0, k1]
 
 
 def plan_pages(pages: list[list], k_lo: int, k_hi: int, size: int) -> tuple[list[list], list[tuple[int, int]]]:
@@ -249,7 +255,7 @@ def load_pages(d: Durable, m: dict, mkey: str, cache: dict[str, dict] | None = N
     refs = m.get("pages") or []
     if not refs:
         return m
-    shards, heads = decode_tables(m | {"k_lo": m["rows_lo"]}), decode_heads(m)
+    shards, heads = decode_tables(inline_rows(m)), decode_heads(m)
     for key, nbytes, crc, k0, k1 in refs:
         doc = (cache or {}).get(key)
         if doc is None:

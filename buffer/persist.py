@@ -25,6 +25,7 @@ from .manifest import (
     head_fields,
     head_file_bytes,
     head_m,
+    inline_rows,
     join_shard,
     load_pages,
     object_keys,
@@ -115,13 +116,14 @@ class Persistence:
                                                       if w in new_segs else [])) for w in range(W)}
         heads = {k: v for k, v in heads.items() if any(v.values())}
         pages, new_pages = plan_pages(self._pages, s.k_lo, s.k_hi, self.cfg.table_page)
-        new_keys = [k for k, _ in uploads]
+        new_keys, page_bytes = [k for k, _ in uploads], 0
         for k0, k1 in new_pages:
             doc, page, ref = encode_page(s.shards, heads, k0, k1, W, len(self.fields))
             d.put(ref[0], page, fsync=False)
             self._page_cache[ref[0]] = doc
             pages.append(ref)
             new_keys.append(ref[0])
+            page_bytes += len(page)
         inline = max(s.k_lo, pages[-1][4]) if pages else s.k_lo
         d.put(pkey, pack, fsync=False)
         d.sync([*new_keys, pkey])
@@ -159,7 +161,6 @@ class Persistence:
         self._heads, self._open_k, self._pages = heads, s.k_hi, pages
         self._bad_keys -= set(new_keys)  # a quarantined key written afresh from verified scratch
         new_bytes = sum(n for _, n in uploads)
-        page_bytes = sum(p[1] for p in pages[len(pages) - len(new_pages):])
         self.stats.update(last_commit_s=time.perf_counter() - t0, last_commit_chunk_bytes=new_bytes,
                           last_commit_bytes=new_bytes + len(pack) + len(body) + page_bytes,
                           last_commit_pack_bytes=len(pack), last_commit_page_bytes=page_bytes,
@@ -184,7 +185,7 @@ class Persistence:
     def _window_keys(self, m: dict) -> frozenset[str]:
         """object_keys() of this writer's manifest `m`, from its inline rows and each page's keys per shard
         (worked out once per page): a commit's bookkeeping stays proportional to its new rows."""
-        keys = set(object_keys(m | {"k_lo": m["rows_lo"]}))  # inline rows, their packs, the page references
+        keys = set(object_keys(inline_rows(m)))  # inline rows, their packs, the page references
         self._shard_keys = {p[0]: self._shard_keys.get(p[0]) or shard_keys(self._page_cache[p[0]])
                             for p in m["pages"]}
         for per_k in self._shard_keys.values():
@@ -203,7 +204,7 @@ class Persistence:
                 # the page held are lost with it (objects only they name stay until a sweep at restore)
                 with self._lock:
                     self._bad_keys |= {e.key}
-                m = m | {"k_lo": m["rows_lo"]}
+                m = inline_rows(m)
             self._manifest_keys[mkey] = frozenset(object_keys(m))
         return self._manifest_keys[mkey]
 

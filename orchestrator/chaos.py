@@ -258,10 +258,10 @@ def _corrupt_newest_chunk(t: Trial) -> None:
     from buffer.durable import Durable
     from buffer.manifest import chunk_keys, load_pages
 
-    ms, d = t.manifests(), Durable(str(t.durable), create=False)
+    ms, d, pages = t.manifests(), Durable(str(t.durable), create=False), {}
 
     def manifest(name: str) -> dict:
-        return load_pages(d, json.loads((Path(t.durable) / "manifests" / name).read_text()), name)
+        return load_pages(d, json.loads((Path(t.durable) / "manifests" / name).read_text()), name, pages)
 
     newest = manifest(ms[-1])
     keys = sorted(chunk_keys(newest), key=lambda k: (int(k.rsplit("/", 1)[1].split("-")[0]), k))
