@@ -80,6 +80,9 @@ class AgentConfig:
     lam: float = 0.95
     actent: float = 3e-4
     actor_unimix: float = 0.01
+    # acting only: the env gets a uniform action with this probability. The actor learns in imagination, so
+    # the extra data (e.g. the other T-Maze arm) reaches the world model without biasing the actor's gradient.
+    act_explore: float = 0.0
     retnorm_decay: float = 0.99
     retnorm_low: float = 5.0  # percentile
     retnorm_high: float = 95.0
@@ -103,6 +106,8 @@ class AgentConfig:
                 f"agent: bins={self.bins}, imag_horizon={self.imag_horizon}, "
                 f"discount_horizon={self.discount_horizon} out of range"
             )
+        if not 0 <= self.act_explore <= 1:
+            raise ConfigError(f"agent.act_explore={self.act_explore} must be a probability in [0, 1]")
         if not 0 <= self.retnorm_low < self.retnorm_high <= 100:
             raise ConfigError(f"agent: percentiles {self.retnorm_low}/{self.retnorm_high} out of order")
 

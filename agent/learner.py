@@ -219,6 +219,8 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
         lat = wm.apply(params["wm"], hidden, carry.stoch, carry.action, is_first.astype(bool), obs, k_post,
                        method=WorldModel.obs_step)
         logp = actor.apply(params["actor"], ac_features(lat, cfg.ac_deter))
+        if cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
+            logp = nets.unimix_logits(logp, cfg.act_explore)
         action = jax.random.categorical(k_act, logp).astype(jnp.int32)
         new = PolicyCarry(lat.hidden.real, lat.hidden.imag, lat.stoch, jax.nn.one_hot(action, num_actions))
         return new, action

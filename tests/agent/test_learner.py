@@ -1,5 +1,6 @@
 """Learner on the tiny preset: determinism, save/restore continuation, optimiser groups, acting, learning signal."""
 
+import dataclasses
 from pathlib import Path
 
 import flax.serialization
@@ -114,6 +115,34 @@ def test_policy_step_and_reset(tiny):
     blob = flax.serialization.to_bytes(carry2)
     back = flax.serialization.from_bytes(learner.init_policy_carry(w), blob)
     np.testing.assert_array_equal(np.asarray(back.stoch), np.asarray(carry2.stoch))
+
+
+def test_act_explore_mixes_uniform_actions_into_acting_only(tiny):
+    """act_explore=e acts from (1 - e) * pi + e / A: e=0 is the actor's own sample (same key, same action),
+    e=1 is uniform whatever the actor says; training is untouched (the loss never sees the knob)."""
+    learner, init, _ = tiny
+    params = init(jax.random.PRNGKey(0)).params
+    head = params["actor"]["params"]["MLP_0"]["Dense_0"]
+    head["bias"] = head["bias"].at[0].add(5.0)  # an actor that nearly always picks action 0
+    w = 4096
+    carry = learner.init_policy_carry(w)
+    obs = {"vector": np.ones((w, 3), np.float32)}
+    first, key = np.ones(w, bool), jax.random.PRNGKey(3)
+    _, a0 = jax.jit(learner.policy_step)(params, carry, obs, first, key)
+
+    def acting(explore: float) -> np.ndarray:
+        cfg = dataclasses.replace(tiny_cfg(), act_explore=explore)
+        other = make_learner(cfg, OBS, NUM_ACTIONS)
+        return np.asarray(jax.jit(other.policy_step)(params, carry, obs, first, key)[1])
+
+    np.testing.assert_array_equal(acting(0.0), a0)
+    pi = np.bincount(np.asarray(a0), minlength=NUM_ACTIONS) / w
+    assert pi[0] > 0.9, pi
+    for e in (0.5, 1.0):
+        freq = np.bincount(acting(e), minlength=NUM_ACTIONS) / w
+        np.testing.assert_allclose(freq, (1 - e) * pi + e / NUM_ACTIONS, atol=0.03)
+    with pytest.raises(ConfigError, match="act_explore"):
+        dataclasses.replace(tiny_cfg(), act_explore=1.5)
 
 
 def test_optimizer_groups_and_weight_decay(tiny):
