@@ -283,7 +283,8 @@ def load_pages(d: Durable, m: dict, mkey: str, cache: dict[str, dict] | None = N
                 "heads": encode_heads(heads, k_lo, k_hi)}
 
 
-def check_compatible(m: dict, key: str, schema: Schema, num_streams: int, chunk: int, inner: int) -> None:
+def check_compatible(m: dict, key: str, schema: Schema, num_streams: int, chunk: int, inner: int,
+                     codec: str = "zstd") -> None:
     """SchemaError naming the first difference between a stored manifest and this buffer's layout."""
     if m.get("format") not in READABLE:
         raise SchemaError(f"manifest {key}: format {m.get('format')!r}, expected one of {list(READABLE)}")
@@ -293,6 +294,6 @@ def check_compatible(m: dict, key: str, schema: Schema, num_streams: int, chunk:
             k for k in ours if m["schema"][k] != ours[k]]
         raise SchemaError(f"manifest {key}: stored schema differs from ours at {diff}: "
                           f"stored {[m['schema'].get(k) for k in diff]}, ours {[ours.get(k) for k in diff]}")
-    for name, val in (("num_streams", num_streams), ("chunk", chunk), ("inner", inner)):
-        if m[name] != val:
+    for name, val in (("num_streams", num_streams), ("chunk", chunk), ("inner", inner), ("codec", codec)):
+        if m.get(name, "zstd") != val:  # a manifest without "codec" predates it: zstd
             raise SchemaError(f"manifest {key}: stored {name}={m[name]}, this buffer uses {name}={val}")

@@ -130,7 +130,8 @@ class Persistence:
         manifest = {
             "format": FORMAT, "commit": s.commit, "generation": self._gen, "writer": self.token,
             "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
-            "chunk": self.cfg.chunk, "inner": self.cfg.inner, "zstd_level": self.cfg.zstd_level,
+            "chunk": self.cfg.chunk, "inner": self.cfg.inner, "codec": self.cfg.codec,
+            "zstd_level": self.cfg.zstd_level,
             "capacity": self.cfg.capacity, "t": s.t, "lo": s.lo, "k_lo": s.k_lo, "k_hi": s.k_hi,
             "pages": pages, "rows_lo": inline,
             "tables": encode_tables(s.shards, inline, s.k_hi), "heads": encode_heads(heads, inline, s.k_hi),

@@ -56,7 +56,7 @@ class Replay(Persistence):
         if self.cap_per_stream < length:
             raise ValueError(f"Replay: capacity {config.capacity} / {num_streams} streams < length {length}")
         self.token = writer_token or uuid.uuid4().hex
-        self.codec = ShardCodec(config.chunk, config.inner, config.zstd_level)
+        self.codec = ShardCodec(config.chunk, config.inner, config.zstd_level, config.codec)
         self._durable = Durable(durable, fsync=config.fsync)
         try:
             self._gen = self._durable.take_over(self.token)
@@ -440,7 +440,8 @@ class Replay(Persistence):
                 m = d.read_json(mkey)
             except (DurableStoreError, ValueError):
                 continue
-            check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner)
+            check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner,
+                             self.cfg.codec)
             if {p[0] for p in m.get("pages", [])} & (bad | self._corrupt.keys()):
                 continue
             try:

@@ -22,6 +22,7 @@ class Scratch:
     """Shard files of the scratch zarr group; thread-safe for distinct shards."""
 
     def __init__(self, path: str, schema: Schema, num_streams: int, codec: ShardCodec, level: int):
+        """`level`: the zstd level zarr.json records (codec "zstd")."""
         self.path, self.schema, self.codec = os.path.abspath(path), schema, codec
         self.fields = sorted(schema)
         self._small_fields = frozenset(f for f in self.fields if schema[f].step_bytes <= SMALL_FIELD_STEP_BYTES)
@@ -35,7 +36,7 @@ class Scratch:
             os.makedirs(self.path, exist_ok=True)
             self._write_json("zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": {}})
             for f in self.fields:
-                meta = zarr_array_meta(num_streams, schema[f], codec.chunk, codec.inner, level)
+                meta = zarr_array_meta(num_streams, schema[f], codec.chunk, codec.inner, level, codec.name)
                 self._write_json(f"{f}/zarr.json", meta)
         except OSError as e:
             raise ScratchError(f"scratch {self.path}: {e}") from e

@@ -68,7 +68,7 @@ def fingerprint(durable: str, metrics: str | Path | None = None) -> dict:
     except CorruptChunkError as e:  # the rows of finished shards are lost with their page: nothing to hash
         corrupt.append(e.key)
         tables, heads = {}, decode_heads(m)
-    codec, nf = ShardCodec(m["chunk"], m["inner"], m["zstd_level"]), len(m["schema"])
+    codec, nf = ShardCodec(m["chunk"], m["inner"], m["zstd_level"], m.get("codec", "zstd")), len(m["schema"])
     for k, info in sorted(tables.items()):
         for w in range(m["num_streams"]):
             head = heads.get(k, {}).get(w, ())

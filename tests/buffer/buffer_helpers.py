@@ -45,10 +45,10 @@ def expected(stream: int, start: int, stop: int, num_streams: int) -> dict[str, 
 def make_replay(scratch: str, durable: str, *, num_streams: int = 2, capacity: int = 400, chunk: int = 16,
                 inner: int = 4, batch: int = 3, length: int = 6, seed: int = 7, lazy: bool = True,
                 prefetch: int = 2, keep: int = 3, token: str = "w1", force_first: bool = False,
-                fsync: bool = False, table_page: int = 2) -> Replay:
+                fsync: bool = False, table_page: int = 2, codec: str = "zstd") -> Replay:
     # pages of 2 shards: most tests' commits write and read pages (the default, 16, is reached by few of them)
     cfg = ReplayConfig(capacity=capacity, chunk=chunk, inner=inner, keep=keep, prefetch=prefetch, lazy=lazy,
-                       fsync=fsync, table_page=table_page)
+                       fsync=fsync, table_page=table_page, codec=codec)
     return Replay(SCHEMA, num_streams, scratch, durable, cfg, batch=batch, length=length, seed=seed,
                   force_first=force_first, writer_token=token)
 

@@ -50,11 +50,11 @@ def compare(a: list, b: list) -> None:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(before=st.lists(OP, max_size=8), after=st.lists(OP, min_size=1, max_size=8),
        lazy=st.booleans(), scratch=st.sampled_from(["wiped", "kept", "corrupted"]),
-       prefetch=st.sampled_from([0, 2]), background=st.booleans())
+       prefetch=st.sampled_from([0, 2]), background=st.booleans(), codec=st.sampled_from(["zstd", "lz4"]))
 def test_restore_continues_byte_identically(tmp_path_factory, before, after, lazy, scratch, prefetch,
-                                            background):
+                                            background, codec):
     tmp = tmp_path_factory.mktemp("exact")
-    kw = dict(num_streams=2, capacity=2 * 60, chunk=16, inner=4, batch=3, length=6, keep=2)
+    kw = dict(num_streams=2, capacity=2 * 60, chunk=16, inner=4, batch=3, length=6, keep=2, codec=codec)
     a = make_replay(str(tmp / "sa"), str(tmp / "da"), prefetch=2, token="a", **kw)
     scratch_a: list = []
     i = run_ops(a, before, 0, scratch_a)

@@ -34,10 +34,10 @@ def check_all(r: Replay, stop: int) -> None:
         assert_batches_equal(r.read(w, 0, stop), expected(w, 0, stop, W))
 
 
-@pytest.mark.parametrize("lazy", [False, True])
-def test_finished_shard_skips_the_frames_the_last_pack_holds_and_restores_exactly(tmp_path, lazy):
+@pytest.mark.parametrize("lazy,codec", [(False, "zstd"), (True, "zstd"), (True, "lz4")])
+def test_finished_shard_skips_the_frames_the_last_pack_holds_and_restores_exactly(tmp_path, lazy, codec):
     d = tmp_path / "d"
-    a = make_replay(str(tmp_path / "sa"), str(d))
+    a = make_replay(str(tmp_path / "sa"), str(d), codec=codec)
     fill(a, 0, 27)  # shard 0 done; shard 1 open with 11 steps: 2 full inner chunks of 4, then 3 steps
     a.commit({})
     fill(a, 27, 40)  # finishes shard 1
@@ -57,13 +57,13 @@ def test_finished_shard_skips_the_frames_the_last_pack_holds_and_restores_exactl
     a.close()
 
     shutil.rmtree(tmp_path / "sa")  # a new node: every shard comes from durable
-    b = make_replay(str(tmp_path / "sb"), str(d), token="b", lazy=lazy)
+    b = make_replay(str(tmp_path / "sb"), str(d), token="b", lazy=lazy, codec=codec)
     assert b.restore().commit_id == 2
     check_all(b, 40)
     fill(b, 40, 58)  # a head again (shard 2 open at commit 2), and one made by this writer
     b.commit({})
     b.close()
-    c = make_replay(str(tmp_path / "sc"), str(d), token="c", lazy=lazy)
+    c = make_replay(str(tmp_path / "sc"), str(d), token="c", lazy=lazy, codec=codec)
     assert c.restore().commit_id == 3
     check_all(c, 58)
     for i in range(3):  # the sampler's batches too

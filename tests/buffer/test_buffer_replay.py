@@ -21,6 +21,7 @@ from buffer import (
     WriterFencedError,
     read_latest_manifest,
 )
+from buffer.codec import ShardCodec
 from tests.buffer.buffer_helpers import (
     SCHEMA,
     assert_batches_equal,
@@ -67,8 +68,9 @@ def test_config_and_spec_validation(tmp_path):
 
 
 # --- add, read, evict ------------------------------------------------------------------------------------
-def test_read_back_across_shards_and_tail_and_zarr_opens_scratch(tmp_path):
-    r = make_replay(str(tmp_path / "s"), str(tmp_path / "d"), capacity=1000)
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_read_back_across_shards_and_tail_and_zarr_opens_scratch(tmp_path, codec):
+    r = make_replay(str(tmp_path / "s"), str(tmp_path / "d"), capacity=1000, codec=codec)
     fill(r, 0, 75)  # 4 finished shards of 16 plus an 11-step tail
     for w in range(2):
         assert_batches_equal(r.read(w, 0, 75), expected(w, 0, 75, 2))
@@ -284,6 +286,24 @@ def test_schema_mismatch_on_restore(tmp_path):
     with pytest.raises(SchemaError, match="chunk=16"):
         r3.restore()
     r3.close()
+    r4 = make_replay(str(tmp_path / "s4"), str(tmp_path / "d"), token="w4", codec="lz4")
+    with pytest.raises(SchemaError, match="stored codec=zstd, this buffer uses codec=lz4"):
+        r4.restore()
+    r4.close()
+    with pytest.raises(ValueError, match="codec='snappy' is unknown"):
+        ReplayConfig(capacity=400, codec="snappy")
+
+
+def test_a_truncated_lz4_frame_is_a_corrupt_chunk():
+    codec = ShardCodec(16, 4, 1, "lz4")
+    steps = np.arange(16 * 6, dtype=np.float32).reshape(16, 6)
+    enc = codec.encode_tail(steps[:5]) + codec.encode_tail(steps[5:])
+    out = np.empty_like(steps)
+    for cut in (len(enc) - 3, 10):
+        with pytest.raises(CorruptChunkError, match="truncated"):
+            codec.decode_tail(enc[:cut], out)
+    with pytest.raises(CorruptChunkError, match="hold 20 bytes, expected 384"):
+        codec.decode_tail(codec.encode_tail(steps[:5].reshape(-1)[:5]), out)
 
 
 def _corrupt(path) -> None:
