@@ -2,8 +2,9 @@
 
 Run as `python -m bench.bench_buffer [--quick]` or `python bench/bench_buffer.py`;
 writes bench/results/buffer.json.
-Frames are synthetic 64x64x3 uint8 with about the compressibility of real Memory Maze frames under zstd-1
-(textured walls and floor, moving objects, sensor noise): neither all zeros nor pure noise.
+Frames are real Memory Maze 9x9 frames (64x64x3 uint8) rendered by the project's env adapter under a walking
+policy (mostly forward, turning now and then), so every codec sees what training stores; where Memory Maze cannot
+render, synthetic frames with the same zstd-1 ratio (textured walls and floor, moving objects, sensor noise).
 """
 
 from __future__ import annotations
@@ -61,6 +62,61 @@ def make_frames(n: int, seed: int = 0) -> np.ndarray:
     return frames
 
 
+def render_frames(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 64, 64, 3) uint8 Memory Maze 9x9 frames: each action (mostly forward) held for a few steps, as a
+    walking agent moves; a random policy turns in place and compresses ~1.5x better than this."""
+    from agent.envs import make_env
+    from agent.envs.config import EnvConfig
+
+    env = make_env(EnvConfig(kind="mmaze", id="9x9"))
+    rng = np.random.default_rng(seed)
+    frames, ep, action = np.empty((n, 64, 64, 3), np.uint8), 0, 1
+    obs = env.reset(seed * 1000)
+    for t in range(n):
+        frames[t] = obs["image"]
+        if t % 8 == 0 or rng.random() < 0.1:
+            action = int(rng.choice([1, 1, 1, 2, 3, 4, 5]))  # forward x3, left, right, forward+left/right
+        obs, _, term, trunc = env.step(action)
+        if term or trunc:
+            ep += 1
+            obs = env.reset(seed * 1000 + ep)
+    return frames
+
+
+def frame_pool(n: int, kind: str) -> tuple[np.ndarray, str]:
+    """(frames, what they are): rendered Memory Maze frames unless kind="synthetic" or rendering fails."""
+    if kind == "mmaze":
+        try:
+            return render_frames(n), "memory-maze 9x9, walking policy"
+        except Exception as e:  # noqa: BLE001 - no GL backend here: say so in the JSON and go on
+            print(f"Memory Maze cannot render here ({type(e).__name__}: {e}); using synthetic frames", flush=True)
+    return make_frames(n), "synthetic"
+
+
+def bench_codecs(pools: dict[str, np.ndarray], inner: int = 64, rounds: int = 5) -> dict:
+    """Each codec on each frame set, one thread, through the buffer's own encode/decode of inner chunks:
+    stored ratio, decode GB/s (best of `rounds`) and encode MB/s."""
+    out: dict = {}
+    for pname, pool in pools.items():
+        chunks = [np.ascontiguousarray(pool[i:i + inner]) for i in range(0, len(pool) - inner + 1, inner)]
+        raw = sum(c.nbytes for c in chunks)
+        for cname, level in (("zstd", 1), ("zstd", -1), ("lz4", 1)):
+            codec = ShardCodec(inner, inner, level, cname)
+            t0 = time.perf_counter()
+            encs = [codec.encode_inner(c) for c in chunks]
+            enc_s = time.perf_counter() - t0
+            buf, best = np.empty_like(chunks[0]), float("inf")
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for e in encs:
+                    codec.decode_inner(e, buf, "bench")
+                best = min(best, time.perf_counter() - t0)
+            name = "lz4" if cname == "lz4" else f"zstd{level}"
+            out.setdefault(pname, {})[name] = {"ratio": raw / sum(map(len, encs)), "decode_GBps": raw / best / 1e9,
+                                               "encode_MBps": raw / enc_s / 1e6}
+    return out
+
+
 class StepSource:
     """Steps for W streams from a frame pool (streams offset in the pool), with 500-step episodes."""
 
@@ -98,12 +154,12 @@ def fill_cpu(r: Replay, src: StepSource, steps_per_stream: int) -> tuple[float, 
 
 
 def bench_add(work: Path, pool: np.ndarray, steps: int, level: int = 1,
-              settings: tuple[tuple[int, int], ...] = ((1, 1), (16, 1), (16, 2))) -> dict:
+              settings: tuple[tuple[int, int], ...] = ((1, 1), (16, 1), (16, 2)), codec: str = "zstd") -> dict:
     out = {}
     for w, threads in settings:
-        d = work / f"add-{w}-{threads}-l{level}"
+        d = work / f"add-{w}-{threads}-{codec}{level}"
         d.mkdir(parents=True)
-        cfg = ReplayConfig(capacity=10**8, threads=threads, zstd_level=level)
+        cfg = ReplayConfig(capacity=10**8, threads=threads, zstd_level=level, codec=codec)
         with Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b") as r:
             dt, cpu = fill_cpu(r, StepSource(w, pool), steps // w)
             n = (steps // w) * w
@@ -139,15 +195,16 @@ def memmap_read(mm: np.ndarray, plan: tuple[np.ndarray, np.ndarray], length: int
 
 
 def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: int,
-                 shapes: list[tuple[int, int]], compute_ms: float, level: int = 1, warm_only: bool = False) -> dict:
+                 shapes: list[tuple[int, int]], compute_ms: float, level: int = 1, warm_only: bool = False,
+                 codec: str = "zstd") -> dict:
     """sample() against a memmap read of the very same sequences, in three regimes:
     warm (page cache) back to back; cold (our files evicted before each batch); and learner-like, where a
     simulated train step of `compute_ms` separates samples and we time the sample() call only.
     `warm_only`: the warm regime without prefetch (comparing zstd levels)."""
-    w, d = 16, work / f"sample-inner{inner}-l{level}"
+    w, d = 16, work / f"sample-inner{inner}-{codec}{level}"
     t = steps // w
     d.mkdir(parents=True)
-    cfg0 = ReplayConfig(capacity=10**8, fsync=False, inner=inner, zstd_level=level)
+    cfg0 = ReplayConfig(capacity=10**8, fsync=False, inner=inner, zstd_level=level, codec=codec)
     base = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg0, batch=1, length=1, writer_token="b")
     fill(base, StepSource(w, pool), t)
     base.commit({})
@@ -160,7 +217,7 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
 
     def open_replay(batch: int, length: int, prefetch: int) -> Replay:
         cfg = ReplayConfig(capacity=10**8, prefetch=prefetch, threads=2, cache_mb=1024, lazy=True,
-                           inner=inner, zstd_level=level)
+                           inner=inner, zstd_level=level, codec=codec)
         rr = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=batch, length=length,
                     writer_token=f"s{prefetch}")
         rr.restore()
@@ -403,16 +460,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     ap.add_argument("--big", action="store_true", help="also restore at 1M steps (needs ~10 GB disk)")
     ap.add_argument("--workdir", default=None, help="scratch and durable folders (default: a temp dir)")
+    ap.add_argument("--frames", choices=["mmaze", "synthetic"], default="mmaze",
+                    help="what the image steps hold (mmaze: rendered here, ~1 min; synthetic if it cannot render)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "buffer.json"))
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="r2i-bench-buffer-"))
     work.mkdir(parents=True, exist_ok=True)
     q = args.quick
-    pool = make_frames(2048)
+    res: dict = {"quick": q, "machine": machine(), "load_avg_at_start": os.getloadavg()}
+    t0 = time.perf_counter()
+    pool, res["frames"] = frame_pool(2048, args.frames)
+    res["frames_s"] = time.perf_counter() - t0
     codec = ShardCodec(1024, 64, 1)
-    ratio = pool[:1024].nbytes / (len(codec.encode(pool[:1024])) - codec.index_nbytes())
-    res: dict = {"quick": q, "machine": machine(), "frames_zstd1_ratio": ratio,
-                 "load_avg_at_start": os.getloadavg()}
+    res["frames_zstd1_ratio"] = pool[:1024].nbytes / (len(codec.encode(pool[:1024])) - codec.index_nbytes())
+    pools = {res["frames"]: pool} | ({} if res["frames"] == "synthetic" else {"synthetic": make_frames(2048)})
+    res["codecs"] = bench_codecs(pools)
+    print("codecs", json.dumps(res["codecs"]), flush=True)
     du = shutil.disk_usage(work)
     res["machine"]["disk"] = {"workdir": str(work), "total_bytes": du.total, "free_bytes": du.free}
     t0 = time.perf_counter()
@@ -424,7 +487,11 @@ def main() -> None:
     if not q:  # chunk layout lever: smaller inner chunks waste less decoding on short sequences
         res["sample_inner16"] = bench_sample(work, pool, 100_000, 20, 16, [(16, 64)], 100.0)
         print("sample_inner16", json.dumps(res["sample_inner16"]), flush=True)
-    if not q:  # codec lever: negative zstd levels encode and decode faster and store a little more
+    if not q:  # codec lever: lz4 encodes and decodes ~2x faster than zstd-1 and stores more
+        res["sample_lz4"] = bench_sample(work, pool, 100_000, 20, 64, shapes, 100.0, codec="lz4")
+        res["add_lz4"] = bench_add(work, pool, 65536, settings=((1, 1), (16, 1), (16, 2)), codec="lz4")
+        print("lz4", json.dumps({"sample": res["sample_lz4"], "add": res["add_lz4"]}), flush=True)
+    if not q:  # zstd level lever: negative levels encode and decode faster and store a little more
         res["zstd_levels"] = {}
         for level in (1, -1, -3):
             lv = {"add": bench_add(work, pool, 65536, level, ((1, 1), (16, 1))),
