@@ -87,8 +87,9 @@ def shard_key(field: str, ndim: int, stream: int, k: int) -> str:
 class ShardCodec:
     """Encodes (chunk, *shape) arrays to shard bytes and decodes inner chunks back.
 
-    codec "zstd" (at `level`) or "lz4" (blosc-lz4, no shuffle): on Memory Maze frames lz4 stores ~1.3x more,
-    decodes ~2x and encodes ~1.4x faster (bench/results/buffer.json, `codecs`).
+    codec "zstd" (at `level`) or "lz4" (blosc-lz4, no shuffle): on Memory Maze frames lz4 stores ~1.3x more and
+    decodes and encodes ~1.7-1.8x faster; through the buffer, samples ~1.5x and adds 1.1-1.3x faster
+    (bench/results/buffer.json, `codecs`, `sample_lz4`, `add_lz4`).
     """
 
     def __init__(self, chunk: int, inner: int, level: int, codec: str = "zstd"):
