@@ -16,8 +16,11 @@ from .durable import Durable, chunk_key, page_key
 from .errors import CorruptChunkError, DurableStoreError, SchemaError
 
 FORMAT = "r2i-replay/3"
+# The same layout with frames in another codec than zstd. Code from before `replay.codec` reads any /3 store as
+# zstd and would take its chunks for corrupt ones; this name makes such code refuse the store with a format error.
+FORMAT_OF_CODEC = {"zstd": FORMAT, "lz4": "r2i-replay/3-lz4"}
 # /2 has no pages: every row inline; /1 has no heads either: every chunk object is a whole shard
-READABLE = (FORMAT, "r2i-replay/2", "r2i-replay/1")
+READABLE = (FORMAT, FORMAT_OF_CODEC["lz4"], "r2i-replay/2", "r2i-replay/1")
 PAGE_FORMAT = "r2i-replay-page/1"
 
 

@@ -13,7 +13,7 @@ from .config import schema_to_json
 from .durable import PACK_DIR, PAGE_DIR, chunk_key, manifest_key, pack_key
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, WriterFencedError
 from .manifest import (
-    FORMAT,
+    FORMAT_OF_CODEC,
     Head,
     Segment,
     ShardInfo,
@@ -128,7 +128,7 @@ class Persistence:
         d.put(pkey, pack, fsync=False)
         d.sync([*new_keys, pkey])
         manifest = {
-            "format": FORMAT, "commit": s.commit, "generation": self._gen, "writer": self.token,
+            "format": FORMAT_OF_CODEC[self.cfg.codec], "commit": s.commit, "generation": self._gen, "writer": self.token,
             "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
             "chunk": self.cfg.chunk, "inner": self.cfg.inner, "codec": self.cfg.codec,
             "zstd_level": self.cfg.zstd_level,

@@ -294,6 +294,21 @@ def test_schema_mismatch_on_restore(tmp_path):
         ReplayConfig(capacity=400, codec="snappy")
 
 
+def test_an_lz4_store_has_a_format_name_that_code_before_codecs_refuses(tmp_path):
+    before_codecs = ("r2i-replay/3", "r2i-replay/2", "r2i-replay/1")  # what that code reads (as zstd)
+    for codec in ("zstd", "lz4"):
+        (tmp_path / codec).mkdir()
+        r = make_replay(str(tmp_path / codec / "s"), str(tmp_path / codec / "d"), codec=codec)
+        fill(r, 0, 20)
+        r.commit({})
+        r.close()
+        fmt = read_latest_manifest(str(tmp_path / codec / "d"))["format"]
+        assert (fmt in before_codecs) == (codec == "zstd"), (codec, fmt)
+        r2 = make_replay(str(tmp_path / codec / "s2"), str(tmp_path / codec / "d"), token="w2", codec=codec)
+        assert r2.restore() is not None and len(r2) == 40
+        r2.close()
+
+
 def test_a_truncated_lz4_frame_is_a_corrupt_chunk():
     codec = ShardCodec(16, 4, 1, "lz4")
     steps = np.arange(16 * 6, dtype=np.float32).reshape(16, 6)
