@@ -128,8 +128,8 @@ class Persistence:
         d.put(pkey, pack, fsync=False)
         d.sync([*new_keys, pkey])
         manifest = {
-            "format": FORMAT_OF_CODEC[self.cfg.codec], "commit": s.commit, "generation": self._gen, "writer": self.token,
-            "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
+            "format": FORMAT_OF_CODEC[self.cfg.codec], "commit": s.commit, "generation": self._gen,
+            "writer": self.token, "time": time.time(), "schema": schema_to_json(self.schema), "num_streams": W,
             "chunk": self.cfg.chunk, "inner": self.cfg.inner, "codec": self.cfg.codec,
             "zstd_level": self.cfg.zstd_level,
             "capacity": self.cfg.capacity, "t": s.t, "lo": s.lo, "k_lo": s.k_lo, "k_hi": s.k_hi,
