@@ -118,6 +118,12 @@ class Replay(Persistence):
         return {"t": self._t, "lo": self._lo, "draws": self._draws, "seed": self._seed,
                 "commit": self._last_commit, "k_lo": self._k_lo, "k_hi": self._k_hi}
 
+    @property
+    def at_inner_boundary(self) -> bool:
+        """True when every stream's steps end on a whole inner chunk: a commit now writes no partial frame that
+        the next one writes again (as part of the completed inner chunk). A periodic commit can wait for this."""
+        return self._t % self.codec.inner == 0
+
     def __len__(self) -> int:
         """Steps held over all streams."""
         return (self._t - self._lo) * self.num_streams

@@ -115,6 +115,15 @@ def test_rows_after_the_last_commit_are_redone_not_duplicated(tmp_path: Path) ->
     assert [r["env_steps"] for r in rows] == [16, 32, 48, 64, 80, 96]
 
 
+def test_periodic_commits_wait_for_a_whole_inner_chunk(tmp_path: Path) -> None:
+    cfg = make_cfg("tmaze", commit_every_min=1e-6)  # 60 us: a commit is due after every step
+    cfg = replace(cfg, replay=replace(cfg.replay, keep=100))
+    assert train(cfg, make_ctx(tmp_path)) == "done"
+    ts = sorted(json.loads(p.read_text())["t"] for p in (tmp_path / "durable" / "manifests").glob("*.json"))
+    # inner=8, 48 steps per stream: a periodic commit at each whole inner chunk, then the end's commit
+    assert ts == [8, 16, 24, 32, 40, 48, 48], ts
+
+
 def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
     from agent.train import ResumeError
 
