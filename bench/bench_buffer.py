@@ -196,11 +196,17 @@ def memmap_read(mm: np.ndarray, plan: tuple[np.ndarray, np.ndarray], length: int
 
 def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: int,
                  shapes: list[tuple[int, int]], compute_ms: float, level: int = 1, warm_only: bool = False,
-                 codec: str = "zstd") -> dict:
+                 codec: str = "zstd", cores: tuple[int, ...] = ()) -> dict:
     """sample() against a memmap read of the very same sequences, in three regimes:
     warm (page cache) back to back; cold (our files evicted before each batch); and learner-like, where a
     simulated train step of `compute_ms` separates samples and we time the sample() call only.
-    `warm_only`: the warm regime without prefetch (comparing zstd levels)."""
+    `warm_only`: the warm regime without prefetch (comparing zstd levels).
+    `cores`: instead, the warm regime with the process confined to each of these numbers of cores in turn
+    (the memmap read too), to see how the ratio scales with cores."""
+    if cores:
+        return {f"cores{n}": _on_cores(n, lambda: bench_sample(work, pool, steps, rounds, inner, shapes,
+                                                               compute_ms, level, True, codec))
+                for n in cores if n <= len(os.sched_getaffinity(0))}
     w, d = 16, work / f"sample-inner{inner}-{codec}{level}"
     t = steps // w
     d.mkdir(parents=True)
@@ -213,6 +219,7 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
     out = {"buffer_steps": t * w, "inner": inner, "scratch_bytes": dir_bytes(d / "s"),
            "memmap_bytes": (d / "mm.npy").stat().st_size}
     out["storage_ratio"] = out["memmap_bytes"] / out["scratch_bytes"]
+    os.sync()  # the writeback of what was just built would otherwise run during, and slow, the timed reads
     mm = np.load(d / "mm.npy", mmap_mode="r")
 
     def open_replay(batch: int, length: int, prefetch: int) -> Replay:
@@ -231,17 +238,21 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
             rr = open_replay(batch, length, prefetch)
             rr.sample()  # warm-up
             draws0 = rr.info["draws"]
+            # Each batch is dropped at once, as a learner does after its step and as the memmap read below
+            # is: keeping them all had every batch fault in fresh pages, ~1.5x slower on this machine.
             t0, c0 = time.perf_counter(), time.process_time()
-            batches = [rr.sample() for _ in range(rounds)]
+            nbytes = sum(sum(v.nbytes for v in rr.sample().values()) for _ in range(rounds))
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-            nbytes = sum(sum(v.nbytes for v in b.values()) for b in batches)
             res[f"warm_prefetch{prefetch}"] = {"GBps": nbytes / dt / 1e9, "ms_per_batch": dt / rounds * 1e3,
                                                "cpu_ms_per_batch": cpu / rounds * 1e3}
             plans = [plan_batch(rr.info["seed"], draws0 + n, batch, length, w, rr.info["t"], rr.info["lo"])
                      for n in range(rounds)]
             rr.close()
+            rr = open_replay(batch, length, prefetch)  # the same restored state: the same batches again
+            rr.sample()
             for n, plan in enumerate(plans):  # the memmap baseline reads exactly the sampled sequences
-                assert np.array_equal(batches[n]["image"], memmap_read(mm, plan, length)), n
+                assert np.array_equal(rr.sample()["image"], memmap_read(mm, plan, length)), n
+            rr.close()
         t0, c0 = time.perf_counter(), time.process_time()
         mb = sum(memmap_read(mm, plan, length).nbytes for plan in plans)
         dtm, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -290,6 +301,38 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
     del mm
     shutil.rmtree(d)
     return out
+
+
+def core_scaling(by_cores: dict) -> dict:
+    """Warm 4x1024 sample time and ratio per core count, and the cores a ratio of 0.5 takes: the fewest measured
+    ones that reach it, else an estimate that assumes each added core cuts the time as the measured ones did
+    on average (time(n) = time(1) / (1 + (n - 1) * gain)), against the median memmap read (one thread, so its
+    spread across core counts is noise)."""
+    warm = {int(k[5:]): v["B4xT1024"] for k, v in by_cores.items()}
+    ms = {n: v["warm_prefetch0"]["ms_per_batch"] for n, v in warm.items()}
+    mm = float(np.median([v["warm_memmap"]["ms_per_batch"] for v in warm.values()]))
+    hi = max(ms)
+    gain = (ms[1] / ms[hi] - 1) / (hi - 1) if hi > 1 else None
+    reached = [n for n in sorted(ms) if mm / ms[n] >= 0.5]
+    if reached:
+        need, how = reached[0], "measured"
+    elif gain and gain > 0:
+        need, how = int(np.ceil(1 + (ms[1] / (2 * mm) - 1) / gain)), "estimated"
+    else:
+        need, how = None, "unknown"
+    return {**by_cores, "ms_by_cores": ms, "memmap_ms_median": mm,
+            "ratio_by_cores": {n: mm / t for n, t in ms.items()}, "gain_per_added_core": gain,
+            "cores_for_ratio_0.5": need, "cores_for_ratio_0.5_is": how}
+
+
+def _on_cores(n: int, fn):
+    """fn() with this thread, and the threads it starts, allowed on only the first n of our cores."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(sorted(allowed)[:n]))
+    try:
+        return fn()
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def raw_write(path: Path, chunks: list[bytes], fsync: bool) -> float:
@@ -491,6 +534,11 @@ def main() -> None:
         res["sample_lz4"] = bench_sample(work, pool, 100_000, 20, 64, shapes, 100.0, codec="lz4")
         res["add_lz4"] = bench_add(work, pool, 65536, codec="lz4")
         print("lz4", json.dumps({"sample": res["sample_lz4"], "add": res["add_lz4"]}), flush=True)
+    if not q:  # cores lever: decoding is the bound, so the warm ratio should grow with the cores decoding
+        res["sample_cores"] = {c: core_scaling(bench_sample(work, pool, 100_000, 20, 64, [(4, 1024)], 100.0,
+                                                            codec=c, cores=(1, 2, 4, 8, 16)))
+                               for c in ("zstd", "lz4")}
+        print("sample_cores", json.dumps(res["sample_cores"]), flush=True)
     if not q:  # zstd level lever: negative levels encode and decode faster and store a little more
         res["zstd_levels"] = {}
         for level in (1, -1, -3):
@@ -503,6 +551,10 @@ def main() -> None:
     # less than a shard (1024 steps) per stream between commits: the open shard spans several commits
     res["commit_small"] = bench_commit(work, pool, 16384 if q else 200_000, 16 * 300, 8)
     print("commit_small", json.dumps(res["commit_small"]), flush=True)
+    # the same, ending on whole inner chunks as the trainer's periodic commits do (Replay.at_inner_boundary):
+    # 320 steps a stream from a base on a 64-step boundary
+    res["commit_small_aligned"] = bench_commit(work, pool, 16384 if q else 200_704, 16 * 320, 8)
+    print("commit_small_aligned", json.dumps(res["commit_small_aligned"]), flush=True)
     # the commit's metadata against the buffer's size: 10M steps are 9.8k shards of 1024 steps
     res["manifest_growth"] = bench_manifest_growth(
         work, pool, [16384, 65536] if q else [100_000, 1_000_000, 3_000_000, 10_000_000], 16 * 300, 3)
