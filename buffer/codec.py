@@ -88,7 +88,7 @@ class ShardCodec:
     """Encodes (chunk, *shape) arrays to shard bytes and decodes inner chunks back.
 
     codec "zstd" (at `level`) or "lz4" (blosc-lz4, no shuffle): on Memory Maze frames lz4 stores ~1.3x more and
-    decodes and encodes ~1.7-1.8x faster; through the buffer, samples ~1.5x and adds 1.1-1.3x faster
+    decodes and encodes 1.6-2.1x faster; through the buffer, samples 1.5-1.7x and adds 1.1-1.7x faster (two runs)
     (bench/results/buffer.json, `codecs`, `sample_lz4`, `add_lz4`).
     """
 
