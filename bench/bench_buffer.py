@@ -486,6 +486,26 @@ def bench_restore(work: Path, pool: np.ndarray, steps: int) -> dict:
     return out
 
 
+def extrapolate_restore(by_steps: dict, to_steps: int = 10_000_000) -> dict:
+    """Each restore time (and the store's size) on a straight line through the measured buffer sizes, at
+    `to_steps`: copying and full restores grow with the bytes, a lazy first sample should not."""
+    xs = np.array([v["steps"] for v in by_steps.values()], float)
+    paths = {"durable_bytes": ("durable_bytes",), "copy_whole_store_s": ("copy_whole_store_s",)} | {
+        f"{mode}.{m}": (mode, m) for mode in ("lazy_wiped", "full_wiped", "full_kept")
+        for m in ("first_sample_s", "background_fetch_done_s") if m in next(iter(by_steps.values()))[mode]}
+
+    def at(v: dict, path: tuple[str, ...]) -> float:
+        for p in path:
+            v = v[p]
+        return float(v)
+
+    out: dict = {"to_steps": to_steps, "from_steps": xs.astype(int).tolist()}
+    for name, path in paths.items():
+        slope, icept = np.polyfit(xs, [at(v, path) for v in by_steps.values()], 1)
+        out[name] = float(icept + slope * to_steps)
+    return out
+
+
 def machine() -> dict:
     cpuinfo, meminfo = Path("/proc/cpuinfo").read_text(), Path("/proc/meminfo").read_text()
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
@@ -562,6 +582,9 @@ def main() -> None:
     for steps in [16384] if q else ([100_000, 1_000_000] if args.big else [100_000]):
         res["restore"][str(steps)] = bench_restore(work, pool, steps)
         print("restore", steps, json.dumps(res["restore"][str(steps)]), flush=True)
+    if len(res["restore"]) > 1:
+        res["restore_extrapolated"] = extrapolate_restore(res["restore"])
+        print("restore_extrapolated", json.dumps(res["restore_extrapolated"]), flush=True)
     res["wall_s"] = time.perf_counter() - t0
     res["load_avg_at_end"] = os.getloadavg()
     if not args.workdir:
