@@ -239,7 +239,7 @@ def bench_sample(work: Path, pool: np.ndarray, steps: int, rounds: int, inner: i
             rr.sample()  # warm-up
             draws0 = rr.info["draws"]
             # Each batch is dropped at once, as a learner does after its step and as the memmap read below
-            # is: keeping them all had every batch fault in fresh pages, ~1.5x slower on this machine.
+            # is: keeping them all had every batch fault in fresh pages, 1.1-1.7x slower in a probe here.
             t0, c0 = time.perf_counter(), time.process_time()
             nbytes = sum(sum(v.nbytes for v in rr.sample().values()) for _ in range(rounds))
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -310,6 +310,7 @@ def core_scaling(by_cores: dict) -> dict:
     spread across core counts is noise)."""
     warm = {int(k[5:]): v["B4xT1024"] for k, v in by_cores.items()}
     ms = {n: v["warm_prefetch0"]["ms_per_batch"] for n, v in warm.items()}
+    assert 1 in ms, ("core_scaling needs the one-core measurement", sorted(ms))
     mm = float(np.median([v["warm_memmap"]["ms_per_batch"] for v in warm.values()]))
     hi = max(ms)
     gain = (ms[1] / ms[hi] - 1) / (hi - 1) if hi > 1 else None
