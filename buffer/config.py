@@ -48,7 +48,7 @@ class ReplayConfig:
     chunk: steps per stream in one shard file (the unit written to durable storage, once).
     inner: steps per compressed inner chunk inside a shard (the unit decoded when sampling).
     keep: number of durable manifests kept; chunks no kept manifest references are deleted.
-    codec: "zstd" or "lz4" (blosc-lz4): lz4 stores ~1.3x more, samples ~1.5x and adds 1.1-1.3x faster; a store
+    codec: "zstd" or "lz4" (blosc-lz4): lz4 stores ~1.3x more, samples 1.5-1.7x and adds 1.1-1.7x faster; a store
       keeps the codec it was made with (restoring it with the other one is a SchemaError).
     zstd_level: zstd level of every chunk and tail (codec "zstd").
     prefetch: batches planned and assembled ahead in a background thread (0 disables).
