@@ -48,6 +48,7 @@ class Learner(NamedTuple):
     state_to_bytes: Callable[[TrainState], bytes]
     state_from_bytes: Callable[[TrainState, bytes], TrainState]
     batch_spec: Callable[[int, int], dict]  # (B, T) -> {key: jax.ShapeDtypeStruct}
+    policy_params: Callable[[dict], dict]  # params -> the part `policy_step` reads (what a lagged policy keeps)
 
 
 def normalize_obs_spec(obs_spec: Mapping[str, Any]) -> ObsSpec:
@@ -232,7 +233,11 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
         """Restore into the structure of `template` (e.g. `init(any_key)`); raises on a structure mismatch."""
         return flax.serialization.from_bytes(template, data)
 
-    return Learner(init, train_step, init_policy_carry, policy_step, state_to_bytes, state_from_bytes, batch_spec)
+    def policy_params(params: dict) -> dict:
+        return {"wm": params["wm"], "actor": params["actor"]}
+
+    return Learner(init, train_step, init_policy_carry, policy_step, state_to_bytes, state_from_bytes, batch_spec,
+                   policy_params)
 
 
 def data_mesh(devices: list | None = None) -> Mesh:

@@ -25,12 +25,23 @@ class TrainConfig:
     prefill: int = 10_000  # env steps before the first update
     commit_every_min: float = 10.0  # durable commit period; a stop request always commits
     log_every: int = 1000  # env steps between rows of logs/metrics.jsonl
+    # The policy acts with the params of update max(0, due - policy_lag), `due` being the updates owed before the
+    # step: 0 acts with the newest params (each step then waits for the updates owed by the one before it), 1 or
+    # more lets those updates run while the envs take the next steps. Part of the trajectory.
+    policy_lag: int = 0
+    # Where acting runs: "default" (the learner's device) or "cpu". On one GPU the device runs its queue in order,
+    # so a policy step waits behind queued train steps; on the host it does not (with a lag >= 1).
+    policy_device: str = "default"
 
     def __post_init__(self) -> None:
         if min(self.steps, self.num_envs, self.train_ratio, self.batch, self.length, self.log_every) < 1:
             raise ConfigError(f"train: steps, num_envs, train_ratio, batch, length, log_every must be >= 1: {self}")
         if self.prefill < 0 or self.commit_every_min <= 0:
             raise ConfigError(f"train: prefill={self.prefill} must be >= 0 and commit_every_min > 0")
+        if self.policy_lag < 0:
+            raise ConfigError(f"train.policy_lag={self.policy_lag} must be >= 0 (updates)")
+        if self.policy_device not in ("default", "cpu"):
+            raise ConfigError(f"train.policy_device={self.policy_device!r} must be 'default' or 'cpu'")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ random draw comes from a jax key or a replay sample index that is part of the co
 worker order. Only the commit *timing* reads the clock, and a commit does not change the trajectory. So a run
 restored from any commit continues, bit for bit, as if it had never stopped.
 
+One env step, in program order: act (with the params of update max(0, due - train.policy_lag)), add the step to
+the replay, send the actions to the env workers, sample and dispatch the updates this step owes, then collect the
+workers' results. The updates need only what the replay already holds, so the device trains while the workers
+step, and the host samples meanwhile; nothing waits but the policy, for the params it acts with. With a lag of 0
+that is the serial loop's order of draws exactly (the same bits). Train metrics stay on the device until they are
+ready, and are summed on the host in update order when a log row or a commit needs them.
+
 One commit = replay chunks + blobs {agent state, policy carry, env snapshots} + `extra` {loop counters, RNG key,
 log accumulators, progress}: agent state and buffer contents can never disagree.
 """
@@ -18,8 +25,10 @@ import logging
 import os
 import time
 import warnings
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import flax.serialization
 import jax
@@ -27,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent.envs import VecEnv
-from agent.learner import PolicyCarry, data_mesh, jit_train_step, make_learner
+from agent.envs.config import EnvConfig
+from agent.learner import Learner, PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
 from agent.run_config import AgentRunConfig, RunContext
 from buffer import FieldSpec, Replay
@@ -85,6 +95,8 @@ def config_digest(cfg: AgentRunConfig, legacy: bool = False) -> str:
     c = cfg
     fixed = (c.seed, c.agent, c.env, c.train.num_envs, c.train.train_ratio, c.train.batch, c.train.length,
              c.train.prefill, c.replay.capacity, c.replay.chunk, c.replay.inner)
+    if c.train.policy_lag:  # only when set, so the digests of runs from before the knob stay as they were
+        fixed += (("policy_lag", c.train.policy_lag),)
     text = repr(fixed) if legacy else json.dumps([_non_default(x) for x in fixed], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -95,21 +107,77 @@ def updates_due(env_steps: int, cfg: AgentRunConfig) -> int:
     return max(0, env_steps - t.prefill) * t.train_ratio // (t.batch * t.length)
 
 
-def train(cfg: AgentRunConfig, ctx: RunContext) -> Outcome:
-    """Run (or resume) training until `cfg.train.steps` env steps, or until `ctx.should_stop()`."""
-    return _Loop(cfg, ctx).run()
+def train(cfg: AgentRunConfig, ctx: RunContext, *, learner: Learner | None = None,
+          make_env: Callable[[EnvConfig], Any] | None = None) -> Outcome:
+    """Run (or resume) training until `cfg.train.steps` env steps, or until `ctx.should_stop()`.
+
+    `learner`, `make_env`: parts to use instead of those the config names (a benchmark's stand-ins of fixed
+    duration, which time the loop's schedule alone)."""
+    return _Loop(cfg, ctx, learner, make_env).run()
+
+
+class _PolicyParams:
+    """The params the policy acts with, on the policy device: those after update max(0, updates - lag).
+
+    With a lag, the policy's part of every update's params is copied as the update is dispatched (the train state's
+    buffers are donated to the next update); the copies a later step may still act with are part of the commit."""
+
+    def __init__(self, select: Callable[[dict], dict], lag: int, device):
+        self.select, self.lag, self.device = select, lag, device
+        self.kept: dict[int, dict] = {}  # update -> policy params, for updates >= newest - lag
+        self._moved: tuple[int, dict] | None = None  # lag 0 on another device: the newest params, moved once
+
+    def _copy(self, params: dict) -> dict:
+        if self.device is None:
+            return jax.tree.map(lambda x: x.copy(), params)
+        return jax.device_put(params, self.device)
+
+    def published(self, update: int, params: dict) -> None:
+        """`params` are those after `update` updates (just dispatched)."""
+        if self.lag:
+            self.kept[update] = self._copy(self.select(params))
+            for old in [u for u in self.kept if u < update - self.lag]:
+                del self.kept[old]
+
+    def acting(self, updates: int, params: dict) -> dict:
+        """The params to act with when `updates` are done and `params` are the newest."""
+        if self.lag:
+            return self.kept[max(0, updates - self.lag)]
+        if self.device is None:
+            return self.select(params)
+        if self._moved is None or self._moved[0] != updates:
+            self._moved = (updates, jax.device_put(self.select(params), self.device))
+        return self._moved[1]
+
+    def to_bytes(self, updates: int) -> bytes | None:
+        """The kept params older than the newest (the train state holds those), or None without a lag."""
+        if not self.lag:
+            return None
+        return flax.serialization.to_bytes({str(u): jax.device_get(p) for u, p in self.kept.items() if u < updates})
+
+    def restore(self, updates: int, params: dict, blob: bytes | None) -> None:
+        self.kept.clear()
+        if not self.lag:
+            return
+        if blob is None:
+            raise ResumeError(f"the commit has no lagged policy params (train.policy_lag={self.lag})")
+        template = {str(u): self.select(params) for u in range(max(0, updates - self.lag), updates)}
+        for u, p in flax.serialization.from_bytes(template, blob).items():
+            self.kept[int(u)] = self._copy(jax.tree.map(jnp.asarray, p))
+        self.published(updates, params)
 
 
 class _Loop:
     """The shell around the pure learner: envs, replay, counters, logging, commits."""
 
-    def __init__(self, cfg: AgentRunConfig, ctx: RunContext):
+    def __init__(self, cfg: AgentRunConfig, ctx: RunContext, learner: Learner | None = None,
+                 make_env: Callable[[EnvConfig], Any] | None = None):
         self.cfg, self.ctx, t = cfg, ctx, cfg.train
         self.t0 = time.monotonic()
-        self.env = VecEnv(cfg.env, t.num_envs, seed=cfg.seed, processes=t.env_processes)
+        self.env = VecEnv(cfg.env, t.num_envs, seed=cfg.seed, processes=t.env_processes, make=make_env)
         try:
             self.obs_keys = sorted(self.env.obs_spec())
-            self.learner = make_learner(cfg.agent, self.env.obs_spec(), self.env.num_actions)
+            self.learner = learner or make_learner(cfg.agent, self.env.obs_spec(), self.env.num_actions)
             self.replay = Replay(step_schema(self.env.obs_spec()), t.num_envs, ctx.scratch_dir, ctx.durable_url,
                                  cfg.replay, batch=t.batch, length=t.length, seed=_derived_seed(cfg.seed, "replay"),
                                  force_first=True, writer_token=ctx.writer_token)
@@ -118,8 +186,13 @@ class _Loop:
             raise
         ndev = jax.device_count()
         mesh = data_mesh() if ndev > 1 and t.batch % ndev == 0 else None
-        self.train_step = jit_train_step(self.learner, mesh)
+        # donated: an update writes the new state over the old one's buffers (nothing else holds them)
+        self.train_step = jit_train_step(self.learner, mesh, donate=True)
         self.policy_step = jax.jit(self.learner.policy_step)
+        on_host = t.policy_device == "cpu" and jax.default_backend() != "cpu"
+        self.policy_device = jax.devices("cpu")[0] if on_host else None
+        self.policy = _PolicyParams(self.learner.policy_params, t.policy_lag, self.policy_device)
+        self.pending: deque[dict] = deque()  # metrics of dispatched updates, not yet summed
         self.init = jax.jit(self.learner.init)
         self.run_id = "r2i-" + hashlib.sha256(ctx.durable_url.encode()).hexdigest()[:12]
         self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id, owner_check=self.replay.check_writer)
@@ -129,7 +202,8 @@ class _Loop:
         key = jax.random.PRNGKey(self.cfg.seed)
         key, k_init = jax.random.split(key)
         self.state = self.init(k_init)
-        self.carry = self.learner.init_policy_carry(self.cfg.train.num_envs)
+        self.carry = self._to_policy(self.learner.init_policy_carry(self.cfg.train.num_envs))
+        self.policy.published(0, self.state.params)
         self.key = key
         self.obs = self.env.reset()
         self.env_steps = self.updates = self.episodes = 0
@@ -154,10 +228,11 @@ class _Loop:
         self.state = jax.tree.map(jnp.asarray, self.learner.state_from_bytes(template, blobs["agent_state"]))
         self.carry = flax.serialization.from_bytes(
             self.learner.init_policy_carry(self.cfg.train.num_envs), blobs["policy_carry"])
-        self.carry = PolicyCarry(*(jnp.asarray(x) for x in self.carry))
+        self.carry = PolicyCarry(*(self._to_policy(x) for x in self.carry))
         self.key = jnp.asarray(np.array(loop["key"], np.uint32))
         self.obs = self.env.restore({k[4:]: v for k, v in blobs.items() if k.startswith("env/")})
         self.env_steps, self.updates, self.episodes = loop["env_steps"], loop["updates"], loop["episodes"]
+        self.policy.restore(self.updates, self.state.params, blobs.get("policy_params"))
         self.train_mean, self.episode_mean = Mean.from_json(loop["train_mean"]), Mean.from_json(loop["episode_mean"])
         self.last_return = loop["last_return"]
         self.wall_before = loop["wall_time_s"]
@@ -166,6 +241,7 @@ class _Loop:
                  self.replay.info["commit"])
 
     def _commit(self, background: bool) -> int:
+        self._drain_metrics(wait=True)
         wall = self.wall_before + time.monotonic() - self.t0
         rate = (self.env_steps - self.attempt_start_steps) / max(time.monotonic() - self.t0, 1e-9)
         loop = {
@@ -181,6 +257,9 @@ class _Loop:
         extra = {"loop": loop, "progress": progress, "wandb_run_id": self.run_id, "device": device_fingerprint()}
         blobs = {"agent_state": self.learner.state_to_bytes(self.state),
                  "policy_carry": flax.serialization.to_bytes(jax.device_get(self.carry))}
+        lagged = self.policy.to_bytes(self.updates)
+        if lagged is not None:
+            blobs["policy_params"] = lagged
         blobs.update({f"env/{k}": v for k, v in self.env.snapshot().items()})
         self.metrics.flush()
         commit = self.replay.commit(extra, blobs, background=background)
@@ -211,8 +290,7 @@ class _Loop:
                 self._commit(background=False)
                 log.info("stopped at env step %d with a commit", self.env_steps)
                 return "stopped"
-            self._act()
-            self._train()
+            self._step()
             if self.env_steps // t.log_every > (self.env_steps - t.num_envs) // t.log_every:
                 self._log_row()
             # A due periodic commit waits (at most `replay.inner` - 1 steps) for the streams to end on a whole
@@ -223,15 +301,25 @@ class _Loop:
         self._commit(background=False)
         return "done"
 
-    def _act(self) -> None:
+    def _to_policy(self, x):
+        """An array or pytree, on the device the policy runs on."""
+        if self.policy_device is None:
+            return jax.tree.map(jnp.asarray, x)
+        return jax.device_put(x, self.policy_device)
+
+    def _step(self) -> None:
+        """One step of every env, with the updates it owes dispatched while the env workers step."""
+        t = self.cfg.train
         self.key, k_act = jax.random.split(self.key)
-        obs = {k: jnp.asarray(self.obs[k]) for k in self.obs_keys}
-        self.carry, action = self.policy_step(self.state.params, self.carry, obs, jnp.asarray(self.obs["is_first"]),
-                                              k_act)
+        params = self.policy.acting(self.updates, self.state.params)
+        obs = {k: self._to_policy(self.obs[k]) for k in self.obs_keys}
+        self.carry, action = self.policy_step(params, self.carry, obs, self._to_policy(self.obs["is_first"]), k_act)
         action = np.asarray(jax.device_get(action), np.int32)
         self.replay.add({**self.obs, "action": action})
-        self.obs, finished = self.env.step(action)
-        self.env_steps += self.cfg.train.num_envs
+        self.env.step_async(action)
+        self._train(self.env_steps + t.num_envs)
+        self.obs, finished = self.env.step_wait()
+        self.env_steps += t.num_envs
         for ep in finished:
             self.episodes += 1
             self.last_return = float(ep.ret)
@@ -239,9 +327,11 @@ class _Loop:
             if ep.success is not None:
                 row["episode/success"] = float(ep.success)
             self.episode_mean.add(row)
+        self._drain_metrics(wait=False)
 
-    def _train(self) -> None:
-        due = updates_due(self.env_steps, self.cfg)
+    def _train(self, env_steps: int) -> None:
+        """Dispatch the updates owed once `env_steps` are taken; they read only what the replay holds now."""
+        due = updates_due(env_steps, self.cfg)
         if self.updates >= due or self.replay.info["t"] - self.replay.info["lo"] < self.cfg.train.length:
             return
         while self.updates < due:
@@ -249,9 +339,19 @@ class _Loop:
             self.key, k_train = jax.random.split(self.key)
             self.state, m = self.train_step(self.state, batch, k_train)
             self.updates += 1
-            self.train_mean.add({k: float(v) for k, v in jax.device_get(m).items()})
+            self.pending.append(m)
+            self.policy.published(self.updates, self.state.params)
+
+    def _drain_metrics(self, wait: bool) -> None:
+        """Sum the metrics of finished updates on the host, in update order; `wait`: of every dispatched one."""
+        while self.pending:
+            if not wait and not all(x.is_ready() for x in jax.tree.leaves(self.pending[0])):
+                return
+            m = jax.device_get(self.pending.popleft())
+            self.train_mean.add({k: float(v) for k, v in m.items()})
 
     def _log_row(self) -> None:
+        self._drain_metrics(wait=True)
         row = {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes}
         row.update(self.episode_mean.pop())
         row.update({f"train/{k}": v for k, v in self.train_mean.pop().items()})

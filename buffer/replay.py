@@ -73,7 +73,7 @@ class Replay(Persistence):
             self._scratch_lock.release()
             raise
         self.scratch_dir = self._scratch_lock.path  # `scratch`, or a sibling while another process holds it
-        self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="replay-io")
+        self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="replay-io")
         self._commit_exec = ThreadPoolExecutor(1, thread_name_prefix="replay-commit")
         self._lock = threading.Lock()
         self._tls = threading.local()  # per-thread decode buffer of _fill
@@ -371,7 +371,7 @@ class Replay(Persistence):
                 except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller
                     errors.append(e)
 
-        helpers = [self._pool.submit(drain) for _ in range(min(self.cfg.threads, len(jobs) - 1))]
+        helpers = [self._pool.submit(drain) for _ in range(min(self.cfg.io_threads, len(jobs) - 1))]
         try:
             caller_first()
         finally:

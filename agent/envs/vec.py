@@ -14,6 +14,7 @@ import os
 import signal
 import traceback
 import weakref
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -39,10 +40,11 @@ class EpisodeStats(NamedTuple):
 class _Slot:
     """One env plus its episode bookkeeping; the unit a worker process hosts."""
 
-    def __init__(self, cfg: EnvConfig, seed: int, index: int):
-        from agent.envs import make_env
+    def __init__(self, cfg: EnvConfig, seed: int, index: int, make: Callable[[EnvConfig], Any] | None = None):
+        if make is None:
+            from agent.envs import make_env as make
 
-        self.env = make_env(cfg)
+        self.env = make(cfg)
         self.seed, self.index = seed, index
         self.episode = -1
         self.needs_reset = True
@@ -97,14 +99,14 @@ class _Slot:
         self.env.close()
 
 
-def _worker(conn, cfg: EnvConfig, seed: int, index: int, parent_pid: int) -> None:
+def _worker(conn, cfg: EnvConfig, seed: int, index: int, parent_pid: int, make) -> None:
     # Preemption signals belong to the trainer, which must still be able to snapshot us after receiving one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     slot = None
     try:
-        slot = _Slot(cfg, seed, index)
+        slot = _Slot(cfg, seed, index, make)
         conn.send(("ok", slot.spec()))
         while True:
             if not conn.poll(5.0):
@@ -147,10 +149,14 @@ def _shutdown(procs: list, conns: list) -> None:
 
 
 class VecEnv:
-    """W envs in lockstep. `processes=False` runs them in this process (tests, cheap envs)."""
+    """W envs in lockstep. `processes=False` runs them in this process (tests, cheap envs).
+
+    `make`: builds one env from the config instead of `agent.envs.make_env` (a benchmark's stand-in env); with
+    processes it must be importable by name (a module-level function)."""
 
     def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, processes: bool = True,
-                 start_method: str = "spawn", timeout_s: float = 600.0):
+                 start_method: str = "spawn", timeout_s: float = 600.0,
+                 make: Callable[[EnvConfig], Any] | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs} must be >= 1")
         self.cfg, self.num_envs, self.seed = cfg, num_envs, seed
@@ -159,13 +165,14 @@ class VecEnv:
         self._procs: list = []
         self._conns: list = []
         self._broken: str | None = None
+        self._pending: list[int] | None = None  # actions sent by step_async, not yet collected
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
         if processes:
             ctx = mp.get_context(start_method)
             try:
                 for i in range(num_envs):
                     parent, child = ctx.Pipe()
-                    p = ctx.Process(target=_worker, args=(child, cfg, seed, i, os.getpid()), daemon=True,
+                    p = ctx.Process(target=_worker, args=(child, cfg, seed, i, os.getpid(), make), daemon=True,
                                     name=f"env-worker-{i}")
                     p.start()
                     child.close()
@@ -176,7 +183,7 @@ class VecEnv:
                 self.close()
                 raise
         else:
-            self._slots = [_Slot(cfg, seed, i) for i in range(num_envs)]
+            self._slots = [_Slot(cfg, seed, i, make) for i in range(num_envs)]
             specs = [s.spec() for s in self._slots]
         assert all(s == specs[0] for s in specs), f"envs disagree on (obs spec, num_actions): {specs}"
         self._schema, self.num_actions = specs[0]
@@ -204,15 +211,29 @@ class VecEnv:
 
     def _call(self, cmd: str, args: list | None = None) -> list:
         """Run `cmd` on every slot (with args[i]) and return the results in env order."""
+        self._send(cmd, args)
+        return self._gather(cmd, args)
+
+    def _send(self, cmd: str, args: list | None) -> None:
         if self._broken:
             raise EnvWorkerError(f"VecEnv is unusable after an earlier failure: {self._broken}")
+        if self._pending is not None:
+            raise EnvError(f"VecEnv.{cmd} while a step_async is not collected (call step_wait first)")
+        if not self.processes:
+            return
+        try:
+            for conn, a in zip(self._conns, args if args is not None else [None] * self.num_envs, strict=True):
+                conn.send((cmd, a))
+        except (BrokenPipeError, OSError) as e:
+            self._broken = f"sending {cmd} to the env workers failed: {e!r}"
+            raise EnvWorkerError(self._broken) from e
+
+    def _gather(self, cmd: str, args: list | None) -> list:
         args = args if args is not None else [None] * self.num_envs
         try:
             if not self.processes:
                 calls = [getattr(s, cmd) for s in self._slots]
                 return [f() if a is None else f(a) for f, a in zip(calls, args, strict=True)]
-            for conn, a in zip(self._conns, args, strict=True):
-                conn.send((cmd, a))
             return [self._recv(i) for i in range(self.num_envs)]
         except EnvWorkerError as e:
             self._broken = str(e).splitlines()[0]
@@ -234,10 +255,25 @@ class VecEnv:
         """actions (W,) ints -> (batch, finished episodes in env order).
 
         batch: obs keys, reward f32, is_first/is_last/is_terminal bool, each (W, ...)."""
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        """Start `step(actions)`: worker processes step while the caller does other work (in-process envs step
+        in `step_wait`). Nothing else may be called on this VecEnv until `step_wait`."""
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions has shape {actions.shape}, expected ({self.num_envs},)")
-        results = self._call("step", [int(a) for a in actions])
+        args = [int(a) for a in actions]
+        self._send("step", args)
+        self._pending = args
+
+    def step_wait(self) -> tuple[Batch, list[EpisodeStats]]:
+        """The result of the last `step_async`, as `step` returns it."""
+        if self._pending is None:
+            raise EnvError("VecEnv.step_wait without a step_async")
+        args, self._pending = self._pending, None
+        results = self._gather("step", args)
         return self._stack([r for r, _ in results]), [s for _, s in results if s is not None]
 
     def snapshot(self) -> dict[str, bytes]:

@@ -86,21 +86,40 @@ def test_updates_follow_the_train_ratio() -> None:
     assert updates_due(96, replace(cfg, train=replace(cfg.train, train_ratio=1))) == 4
 
 
-@pytest.mark.parametrize("env", ["tmaze", "popgym"])
-def test_stop_and_resume_in_a_new_process_is_bit_identical(tmp_path: Path, env: str) -> None:
-    cfg = make_cfg(env)
+# A lag lets updates run while the envs step: the policy then acts with older params, which the commit must carry.
+@pytest.mark.parametrize("env, train_kw", [("tmaze", {}), ("popgym", {}), ("tmaze", {"policy_lag": 2}),
+                                           ("popgym", {"policy_lag": 1, "env_processes": True})])
+def test_stop_and_resume_in_a_new_process_is_bit_identical(tmp_path: Path, env: str, train_kw: dict) -> None:
+    cfg = make_cfg(env, **train_kw)
     assert train(cfg, make_ctx(tmp_path / "straight")) == "done"
     reference = final_state(tmp_path / "straight", cfg)
     assert reference["loop"]["env_steps"] == 96 and reference["loop"]["updates"] == updates_due(96, cfg)
     assert reference["metrics"].count(b"\n") == 96 // 16
+    assert ("policy_params" in reference["blobs"]) == bool(cfg.train.policy_lag)
 
     # Stop mid-episode (iteration 23: T-Maze episodes last 7 steps), then finish in a fresh interpreter.
     root = tmp_path / "interrupted"
     assert train(cfg, make_ctx(root, stop_after=23)) == "stopped"
     code = ("import sys; from tests.agent.test_train import make_cfg, make_ctx, train; from pathlib import Path; "
-            f"sys.exit(0 if train(make_cfg({env!r}), make_ctx(Path({str(root)!r}), token='t1')) == 'done' else 1)")
+            f"cfg = make_cfg({env!r}, **{train_kw!r}); "
+            f"sys.exit(0 if train(cfg, make_ctx(Path({str(root)!r}), token='t1')) == 'done' else 1)")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=600)
     assert_same(final_state(root, cfg), reference)
+
+
+def test_a_policy_lag_acts_with_older_params(tmp_path: Path) -> None:
+    """Lag 0 and a lag act alike before the first update and with other params after it (the policy's recurrent
+    state shows it; near-uniform tiny policies may still sample the same actions)."""
+    runs = {}
+    for lag in (0, 1):
+        cfg = make_cfg("tmaze", steps=40, policy_lag=lag)
+        assert train(cfg, make_ctx(tmp_path / str(lag))) == "done"
+        runs[lag] = final_state(tmp_path / str(lag), cfg)
+    first = 32 // 2 + 1  # prefill 32 over 2 envs: the first update comes after step 17 of each stream
+    for w in range(2):
+        np.testing.assert_array_equal(runs[0]["data"][w]["action"][:first], runs[1]["data"][w]["action"][:first])
+    assert runs[0]["blobs"]["policy_carry"] != runs[1]["blobs"]["policy_carry"]
+    assert runs[0]["loop"]["updates"] == runs[1]["loop"]["updates"]
 
 
 def test_rows_after_the_last_commit_are_redone_not_duplicated(tmp_path: Path) -> None:
