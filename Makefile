@@ -33,7 +33,7 @@ include docker/image.env
 IMAGE_VARIANT ?= cpu
 
 .PHONY: help setup lock test test-slurm test-all cluster-up cluster-down submit status cancel resume \
-        bench bench-buffer bench-agent bench-learn chaos chaos-1m lint docker sif test-container clean
+        bench bench-buffer bench-agent bench-loop bench-learn chaos chaos-1m lint docker sif test-container clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -82,13 +82,16 @@ resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
 	$(PY) -m orchestrator resume --sweep "$(SWEEP)" $(if $(filter 1,$(DETACH)),--detach)
 
-bench: bench-buffer bench-agent ## all benchmarks (JSON under bench/results/)
+bench: bench-buffer bench-agent bench-loop ## all benchmarks (JSON under bench/results/)
 
 bench-buffer: setup ## replay buffer benchmark -> bench/results/buffer.json
 	$(PY) -m bench.bench_buffer $(BENCH_ARGS)
 
 bench-agent: setup ## agent train/act benchmark -> bench/results/agent.json
 	$(PY) -m bench.bench_agent $(BENCH_ARGS)
+
+bench-loop: setup ## env-only, learner-only and full-loop env steps/s side by side (schedule check, CPU, GPU) -> bench/results/loop.json
+	$(PY) -m bench.bench_loop $(BENCH_ARGS)
 
 bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png
 	$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS)

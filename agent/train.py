@@ -34,6 +34,7 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from agent.envs import VecEnv
 from agent.envs.config import EnvConfig
@@ -116,6 +117,17 @@ def train(cfg: AgentRunConfig, ctx: RunContext, *, learner: Learner | None = Non
     return _Loop(cfg, ctx, learner, make_env).run()
 
 
+def _policy_device(name: str):
+    """None: act on the learner's device. "cpu": the host, beside an accelerator; on a CPU-only host the last of
+    several CPU devices (`jax_num_cpu_devices`), whose queue runs apart from the learner's first one; else None."""
+    if name != "cpu":
+        return None
+    cpus = jax.devices("cpu")
+    if jax.default_backend() != "cpu":
+        return cpus[0]
+    return cpus[-1] if len(cpus) > 1 else None
+
+
 class _PolicyParams:
     """The params the policy acts with, on the policy device: those after update max(0, updates - lag).
 
@@ -184,13 +196,13 @@ class _Loop:
         except BaseException:
             self.env.close()
             raise
-        ndev = jax.device_count()
-        mesh = data_mesh() if ndev > 1 and t.batch % ndev == 0 else None
+        self.policy_device = _policy_device(t.policy_device)
+        learners = [d for d in jax.devices() if d != self.policy_device]
+        mesh = data_mesh(learners) if len(learners) > 1 and t.batch % len(learners) == 0 else None
+        self.learner_placement = NamedSharding(mesh, PartitionSpec()) if mesh is not None else learners[0]
         # donated: an update writes the new state over the old one's buffers (nothing else holds them)
         self.train_step = jit_train_step(self.learner, mesh, donate=True)
         self.policy_step = jax.jit(self.learner.policy_step)
-        on_host = t.policy_device == "cpu" and jax.default_backend() != "cpu"
-        self.policy_device = jax.devices("cpu")[0] if on_host else None
         self.policy = _PolicyParams(self.learner.policy_params, t.policy_lag, self.policy_device)
         self.pending: deque[dict] = deque()  # metrics of dispatched updates, not yet summed
         self.init = jax.jit(self.learner.init)
@@ -204,7 +216,7 @@ class _Loop:
         self.state = self.init(k_init)
         self.carry = self._to_policy(self.learner.init_policy_carry(self.cfg.train.num_envs))
         self.policy.published(0, self.state.params)
-        self.key = key
+        self.key = self._to_policy(key)
         self.obs = self.env.reset()
         self.env_steps = self.updates = self.episodes = 0
         self.train_mean, self.episode_mean = Mean(), Mean()
@@ -229,7 +241,7 @@ class _Loop:
         self.carry = flax.serialization.from_bytes(
             self.learner.init_policy_carry(self.cfg.train.num_envs), blobs["policy_carry"])
         self.carry = PolicyCarry(*(self._to_policy(x) for x in self.carry))
-        self.key = jnp.asarray(np.array(loop["key"], np.uint32))
+        self.key = self._to_policy(np.array(loop["key"], np.uint32))
         self.obs = self.env.restore({k[4:]: v for k, v in blobs.items() if k.startswith("env/")})
         self.env_steps, self.updates, self.episodes = loop["env_steps"], loop["updates"], loop["episodes"]
         self.policy.restore(self.updates, self.state.params, blobs.get("policy_params"))
@@ -302,7 +314,8 @@ class _Loop:
         return "done"
 
     def _to_policy(self, x):
-        """An array or pytree, on the device the policy runs on."""
+        """An array or pytree, on the device the policy runs on. The key chain lives there too: a split queued
+        behind the learner's updates would make acting wait for them (threefry's bits are the same anywhere)."""
         if self.policy_device is None:
             return jax.tree.map(jnp.asarray, x)
         return jax.device_put(x, self.policy_device)
@@ -337,6 +350,8 @@ class _Loop:
         while self.updates < due:
             batch = self.replay.sample()
             self.key, k_train = jax.random.split(self.key)
+            if self.policy_device is not None:
+                k_train = jax.device_put(k_train, self.learner_placement)
             self.state, m = self.train_step(self.state, batch, k_train)
             self.updates += 1
             self.pending.append(m)
