@@ -119,7 +119,7 @@ class _Loop:
         ndev = jax.device_count()
         mesh = data_mesh() if ndev > 1 and t.batch % ndev == 0 else None
         self.train_step = jit_train_step(self.learner, mesh)
-        self.policy_step = jax.jit(self.learner.policy_step)
+        self.policy_step = jax.jit(self.learner.policy_step, static_argnames="uniform")
         self.init = jax.jit(self.learner.init)
         self.run_id = "r2i-" + hashlib.sha256(ctx.durable_url.encode()).hexdigest()[:12]
         self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id, owner_check=self.replay.check_writer)
@@ -226,8 +226,9 @@ class _Loop:
     def _act(self) -> None:
         self.key, k_act = jax.random.split(self.key)
         obs = {k: jnp.asarray(self.obs[k]) for k in self.obs_keys}
+        uniform = self.cfg.agent.prefill_actions == "uniform" and self.env_steps < self.cfg.train.prefill
         self.carry, action = self.policy_step(self.state.params, self.carry, obs, jnp.asarray(self.obs["is_first"]),
-                                              k_act)
+                                              k_act, uniform=uniform)
         action = np.asarray(jax.device_get(action), np.int32)
         self.replay.add({**self.obs, "action": action})
         self.obs, finished = self.env.step(action)
