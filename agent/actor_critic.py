@@ -27,7 +27,7 @@ class Actor(nn.Module):
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
         c = self.cfg
-        logits = nets.MLP(c.head_layers, c.head_units, out=self.num_actions)(feat)
+        logits = nets.MLP(c.head_layers, c.head_units, out=self.num_actions, winit=c.winit, eps=c.norm_eps)(feat)
         return nets.unimix_logits(logits, c.actor_unimix)
 
 
@@ -39,7 +39,7 @@ class Critic(nn.Module):
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
         c = self.cfg
-        return nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True)(feat)
+        return nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True, winit=c.winit, eps=c.norm_eps)(feat)
 
 
 class RetNorm(NamedTuple):

@@ -31,6 +31,11 @@ class SSMConfig:
     # initial Re(Lambda) of every state (HiPPO-LegS normal part: -0.5). A one-step input keeps at most
     # max_dt dt * exp(lambda_re * dt * L) of its size after L steps: ~4% for L = 20 at -0.5, ~37% at -0.05 (dt = 1)
     lambda_re: float = -0.5
+    # B and C before their rotation into the HiPPO eigenbasis. "fan_in": real and imaginary parts each
+    # N(0, 1/H) for B and N(0, 1/P) for C (the fan-in of their products). "reference": jax's lecun_normal on
+    # the reference's layouts, i.e. a real truncated normal B (P, H) of std 1/sqrt(P) (its fan-in axis is P) and
+    # C (H, P, 2) of std 1/sqrt(P * H) (the H axis counts as receptive field): C starts sqrt(H) times smaller.
+    bc_init: str = "fan_in"
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,13 @@ class OptConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Model widths, loss scales, actor-critic hyperparameters and optimiser groups (defaults: reference)."""
+    """Model widths, loss scales, actor-critic hyperparameters and optimiser groups (defaults: reference).
+
+    The switches between the reference's choice and this project's earlier one (`winit`, `norm_eps`, `decoder`,
+    `ssm_clip`, `prefill_actions`, `ssm.bc_init`) default to the earlier choice, so runs and recipes recorded
+    with it keep their bits and stay resumable; the paper presets (`mmaze`, `popgym`) set the reference's.
+    docs/reference-deviations.md lists each one.
+    """
 
     # latents and deterministic state
     deter: int = 4096
@@ -89,6 +100,23 @@ class AgentConfig:
     slow_critic_rate: float = 0.02
     slow_critic_reg: float = 1.0
     ac_deter: bool = True  # actor/critic input [deter?, stoch, hidden]; popgym uses [stoch, hidden]
+    # Dense and conv kernels outside the SSM layers. "fan_in": flax's lecun_normal everywhere. "fan_avg": the
+    # reference's, a truncated normal on fan_avg in hidden layers and out_proj, uniform on fan_avg in the layers
+    # that produce logits, the decoded observation or the decoder's first map (zeros stay zeros). The SSM
+    # layers' own Dense and LayerNorm are flax defaults in both, as in the reference.
+    winit: str = "fan_in"
+    norm_eps: float = 1e-6  # LayerNorm epsilon outside the SSM layers (reference: 1e-3)
+    # image decoder upsampling 4 -> 64 px: "pixel_shuffle" (3x3 conv + depth_to_space, cheaper on CPU) or
+    # "transpose" (the reference's stride-2 4x4 transposed convs)
+    decoder: str = "pixel_shuffle"
+    # global-norm clipping of the SSM group: "group" clips all SSM leaves together, "per_leaf" clips each leaf
+    # name (Lambda_re, Lambda_im, B, C, D, log_step; all layers together) on its own, as the reference's
+    # per-name optimiser groups do. Adam and the learning rate are the same either way.
+    ssm_clip: str = "group"
+    # actions while the loop prefills (`train.prefill` env steps): "actor" samples the untrained actor (the
+    # reference's `parallel` script, Memory Maze), "uniform" draws uniform random actions (its `train` script,
+    # POPGym). The posterior still advances the policy carry on the chosen action.
+    prefill_actions: str = "actor"
     # optimiser groups
     model_opt: OptConfig = field(default_factory=lambda: OptConfig(1e-4, 1e-8, 1000.0, 0.0))
     ssm_opt: OptConfig = field(default_factory=lambda: OptConfig(1e-4, 1e-8, 1000.0, 0.0))
@@ -108,6 +136,15 @@ class AgentConfig:
             )
         if not 0 <= self.act_explore <= 1:
             raise ConfigError(f"agent.act_explore={self.act_explore} must be a probability in [0, 1]")
+        if s.bc_init not in ("fan_in", "reference"):
+            raise ConfigError(f"agent.ssm.bc_init={s.bc_init!r} must be 'fan_in' or 'reference'")
+        choices = {"winit": ("fan_in", "fan_avg"), "decoder": ("pixel_shuffle", "transpose"),
+                   "ssm_clip": ("group", "per_leaf"), "prefill_actions": ("actor", "uniform")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"agent.{key}={getattr(self, key)!r} must be one of {list(allowed)}")
+        if not 0 < self.norm_eps < 1:
+            raise ConfigError(f"agent.norm_eps={self.norm_eps} must be in (0, 1)")
         if not 0 <= self.retnorm_low < self.retnorm_high <= 100:
             raise ConfigError(f"agent: percentiles {self.retnorm_low}/{self.retnorm_high} out of order")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -44,7 +45,8 @@ class Learner(NamedTuple):
     init: Callable[[jax.Array], TrainState]
     train_step: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]
     init_policy_carry: Callable[[int], PolicyCarry]
-    policy_step: Callable[[dict, PolicyCarry, dict, jax.Array, jax.Array], tuple[PolicyCarry, jax.Array]]
+    # (params, carry, obs, is_first, key, uniform=False) -> (carry, action)
+    policy_step: Callable[..., tuple[PolicyCarry, jax.Array]]
     state_to_bytes: Callable[[TrainState], bytes]
     state_from_bytes: Callable[[TrainState, bytes], TrainState]
     batch_spec: Callable[[int, int], dict]  # (B, T) -> {key: jax.ShapeDtypeStruct}
@@ -68,11 +70,14 @@ def normalize_obs_spec(obs_spec: Mapping[str, Any]) -> ObsSpec:
     return tuple(sorted(out.items()))
 
 
-def _labels(params: dict) -> dict:
+def _labels(params: dict, per_leaf: bool = False) -> dict:
+    """Optimiser group of each leaf: model / ssm / actor / critic; with `per_leaf`, ssm/<leaf name>."""
+
     def label(path, _):
         group = path[0].key
         if group == "wm":
-            return "ssm" if path[-1].key in SSM_LEAVES else "model"
+            name = path[-1].key
+            return ("ssm/" + name if per_leaf else "ssm") if name in SSM_LEAVES else "model"
         return group
 
     return jax.tree_util.tree_map_with_path(label, params)
@@ -92,14 +97,17 @@ def _group(o: OptConfig) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: AgentConfig) -> optax.GradientTransformation:
-    """One multi_transform: per-group Adam(W) with clipping inside the group; the SSM group has no weight decay."""
-    groups = {
-        "model": _group(cfg.model_opt),
-        "ssm": _group(OptConfig(cfg.ssm_opt.lr, cfg.ssm_opt.eps, cfg.ssm_opt.clip, 0.0)),
-        "actor": _group(cfg.actor_opt),
-        "critic": _group(cfg.critic_opt),
-    }
-    return optax.multi_transform(groups, _labels)
+    """One multi_transform: per-group Adam(W) with clipping inside the group; the SSM group has no weight decay.
+
+    With `cfg.ssm_clip == "per_leaf"` each SSM leaf name is a group of its own (same settings), so each clips
+    on its own global norm, as the reference's per-name groups do.
+    """
+    ssm = OptConfig(cfg.ssm_opt.lr, cfg.ssm_opt.eps, cfg.ssm_opt.clip, 0.0)
+    per_leaf = cfg.ssm_clip == "per_leaf"
+    ssm_names = [f"ssm/{name}" for name in sorted(SSM_LEAVES)] if per_leaf else ["ssm"]
+    groups = {"model": _group(cfg.model_opt), **{name: _group(ssm) for name in ssm_names},
+              "actor": _group(cfg.actor_opt), "critic": _group(cfg.critic_opt)}
+    return optax.multi_transform(groups, functools.partial(_labels, per_leaf=per_leaf))
 
 
 def _group_norms(grads: dict) -> dict:
@@ -212,17 +220,22 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
         zeros = jnp.zeros((num_envs, ssm.layers, ssm.hidden), jnp.float32)
         return PolicyCarry(zeros, zeros, jnp.zeros((num_envs, cfg.stoch_size)), jnp.zeros((num_envs, num_actions)))
 
-    def policy_step(params: dict, carry: PolicyCarry, obs: dict, is_first: jax.Array, key: jax.Array):
-        """obs {key: (W, *shape)}, is_first (W,) bool -> (carry, action (W,) int32), sampling the actor."""
+    def policy_step(params: dict, carry: PolicyCarry, obs: dict, is_first: jax.Array, key: jax.Array,
+                    uniform: bool = False):
+        """obs {key: (W, *shape)}, is_first (W,) bool -> (carry, action (W,) int32), sampling the actor, or with
+        `uniform` (static: the loop's prefill) uniform random actions drawn from the same key."""
         k_post, k_act = jax.random.split(key)
         hidden = carry.hidden_re + 1j * carry.hidden_im
         obs = {k: obs[k] for k, _ in spec}
         lat = wm.apply(params["wm"], hidden, carry.stoch, carry.action, is_first.astype(bool), obs, k_post,
                        method=WorldModel.obs_step)
-        logp = actor.apply(params["actor"], ac_features(lat, cfg.ac_deter))
-        if cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
-            logp = nets.unimix_logits(logp, cfg.act_explore)
-        action = jax.random.categorical(k_act, logp).astype(jnp.int32)
+        if uniform:
+            action = jax.random.randint(k_act, is_first.shape, 0, num_actions, jnp.int32)
+        else:
+            logp = actor.apply(params["actor"], ac_features(lat, cfg.ac_deter))
+            if cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
+                logp = nets.unimix_logits(logp, cfg.act_explore)
+            action = jax.random.categorical(k_act, logp).astype(jnp.int32)
         new = PolicyCarry(lat.hidden.real, lat.hidden.imag, lat.stoch, jax.nn.one_hot(action, num_actions))
         return new, action
 

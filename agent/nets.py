@@ -1,4 +1,4 @@
-"""Building blocks: symlog, two-hot and categorical distributions, MLP/CNN encoders, pixel-shuffle decoder."""
+"""Building blocks: symlog, two-hot and categorical distributions, MLP/CNN encoders, image decoder."""
 
 from __future__ import annotations
 
@@ -93,15 +93,24 @@ def bernoulli_log_prob(logit: jax.Array, target: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------- layers
 
 
+def kernel_init(winit: str, out: bool = False) -> nn.initializers.Initializer:
+    """Kernel initialiser for `agent.winit` (agent/config.py); `out`: a layer producing logits or outputs."""
+    if winit == "fan_in":
+        return nn.initializers.lecun_normal()  # flax's default for Dense and Conv
+    return nn.initializers.variance_scaling(1.0, "fan_avg", "uniform" if out else "truncated_normal")
+
+
 class DenseNorm(nn.Module):
     """Dense (no bias) -> LayerNorm -> SiLU."""
 
     units: int
+    winit: str = "fan_in"
+    eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Dense(self.units, use_bias=False)(x)
-        return jax.nn.silu(nn.LayerNorm()(x))
+        x = nn.Dense(self.units, use_bias=False, kernel_init=kernel_init(self.winit))(x)
+        return jax.nn.silu(nn.LayerNorm(epsilon=self.eps)(x))
 
 
 class MLP(nn.Module):
@@ -111,13 +120,15 @@ class MLP(nn.Module):
     units: int
     out: int | None = None
     zero_out: bool = False
+    winit: str = "fan_in"
+    eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for _ in range(self.layers):
-            x = DenseNorm(self.units)(x)
+            x = DenseNorm(self.units, self.winit, self.eps)(x)
         if self.out is not None:
-            init = nn.initializers.zeros if self.zero_out else nn.initializers.lecun_normal()
+            init = nn.initializers.zeros if self.zero_out else kernel_init(self.winit, out=True)
             x = nn.Dense(self.out, kernel_init=init)(x)
         return x
 
@@ -126,14 +137,17 @@ class ImageEncoder(nn.Module):
     """uint8 (..., 64, 64, 3) -> (..., 16 * 8 * depth): 4 stride-2 4x4 convs with LayerNorm + SiLU."""
 
     depth: int
+    winit: str = "fan_in"
+    eps: float = 1e-6
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         lead = image.shape[:-3]
         x = image.reshape((-1, *image.shape[-3:])).astype(jnp.float32) / 255.0 - 0.5
         for mult in (1, 2, 4, 8):
-            x = nn.Conv(self.depth * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
-            x = jax.nn.silu(nn.LayerNorm()(x))
+            x = nn.Conv(self.depth * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+                        kernel_init=kernel_init(self.winit))(x)
+            x = jax.nn.silu(nn.LayerNorm(epsilon=self.eps)(x))
         return x.reshape((*lead, -1))
 
 
@@ -145,18 +159,34 @@ def depth_to_space(x: jax.Array, r: int) -> jax.Array:
 
 
 class ImageDecoder(nn.Module):
-    """(..., F) -> (..., 64, 64, 3) mean image in [0, 1] units: conv + depth_to_space upsampling (4 -> 64 px)."""
+    """(..., F) -> (..., 64, 64, 3) mean image in [0, 1] units, upsampled 4 -> 64 px in four doublings with
+    depth 4d, 2d, d, then 3 channels: by 3x3 conv + depth_to_space (`upsample="pixel_shuffle"`) or by stride-2
+    4x4 transposed convs (`"transpose"`, the reference's)."""
 
     depth: int
+    upsample: str = "pixel_shuffle"
+    winit: str = "fan_in"
+    eps: float = 1e-6
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
         lead = feat.shape[:-1]
-        x = nn.Dense(4 * 4 * 8 * self.depth)(feat.reshape((-1, feat.shape[-1])))
+        x = nn.Dense(4 * 4 * 8 * self.depth, kernel_init=kernel_init(self.winit, out=True))(
+            feat.reshape((-1, feat.shape[-1])))
         x = x.reshape((-1, 4, 4, 8 * self.depth))
         for mult in (4, 2, 1):
-            x = nn.Conv(4 * self.depth * mult, (3, 3), padding="SAME", use_bias=False)(x)
-            x = depth_to_space(x, 2)
-            x = jax.nn.silu(nn.LayerNorm()(x))
-        x = depth_to_space(nn.Conv(4 * 3, (3, 3), padding="SAME")(x), 2)
+            if self.upsample == "transpose":
+                x = nn.ConvTranspose(self.depth * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+                                     kernel_init=kernel_init(self.winit))(x)
+            else:
+                x = nn.Conv(4 * self.depth * mult, (3, 3), padding="SAME", use_bias=False,
+                            kernel_init=kernel_init(self.winit))(x)
+                x = depth_to_space(x, 2)
+            x = jax.nn.silu(nn.LayerNorm(epsilon=self.eps)(x))
+        if self.upsample == "transpose":
+            x = nn.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME",
+                                 kernel_init=kernel_init(self.winit, out=True))(x)
+        else:
+            x = depth_to_space(nn.Conv(4 * 3, (3, 3), padding="SAME",
+                                       kernel_init=kernel_init(self.winit, out=True))(x), 2)
         return x.reshape((*lead, 64, 64, 3)) + 0.5

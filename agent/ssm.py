@@ -80,14 +80,23 @@ class S5Cell(nn.Module):
         lam, v, vinv = block_hippo(p, self.cfg.blocks)
         v_c, vinv_c = jnp.asarray(v, jnp.complex64), jnp.asarray(vinv, jnp.complex64)
 
-        # lecun-normal variance (fan-in H for B, P for C), then rotated into the HiPPO eigenbasis
+        # before the rotation into the HiPPO eigenbasis: see SSMConfig.bc_init
+        reference = self.cfg.bc_init == "reference"
+
         def b_init(key, shape):
-            bx = jax.random.normal(key, (p, h, 2)) / np.sqrt(h)
-            b = vinv_c @ (bx[..., 0] + 1j * bx[..., 1])
+            if reference:  # lecun_normal on a real (P, H): its fan-in axis is P
+                bx = nn.initializers.lecun_normal()(key, (p, h)).astype(jnp.complex64)
+            else:
+                bx = jax.random.normal(key, (p, h, 2)) / np.sqrt(h)
+                bx = bx[..., 0] + 1j * bx[..., 1]
+            b = vinv_c @ bx
             return jnp.stack([b.real, b.imag], -1).astype(jnp.float32)
 
         def c_init(key, shape):
-            cx = jax.random.normal(key, (h, p, 2)) / np.sqrt(p)
+            if reference:  # lecun_normal on (H, P, 2): fan-in P, with H as the receptive field -> P * H
+                cx = nn.initializers.lecun_normal()(key, (h, p, 2))
+            else:
+                cx = jax.random.normal(key, (h, p, 2)) / np.sqrt(p)
             c = (cx[..., 0] + 1j * cx[..., 1]) @ v_c
             return jnp.stack([c.real, c.imag], -1).astype(jnp.float32)
 

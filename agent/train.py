@@ -202,7 +202,7 @@ class _Loop:
         self.learner_placement = NamedSharding(mesh, PartitionSpec()) if mesh is not None else learners[0]
         # donated: an update writes the new state over the old one's buffers (nothing else holds them)
         self.train_step = jit_train_step(self.learner, mesh, donate=True)
-        self.policy_step = jax.jit(self.learner.policy_step)
+        self.policy_step = jax.jit(self.learner.policy_step, static_argnames="uniform")
         self.policy = _PolicyParams(self.learner.policy_params, t.policy_lag, self.policy_device)
         self.pending: deque[dict] = deque()  # metrics of dispatched updates, not yet summed
         self.init = jax.jit(self.learner.init)
@@ -326,7 +326,9 @@ class _Loop:
         self.key, k_act = jax.random.split(self.key)
         params = self.policy.acting(self.updates, self.state.params)
         obs = {k: self._to_policy(self.obs[k]) for k in self.obs_keys}
-        self.carry, action = self.policy_step(params, self.carry, obs, self._to_policy(self.obs["is_first"]), k_act)
+        uniform = self.cfg.agent.prefill_actions == "uniform" and self.env_steps < t.prefill
+        self.carry, action = self.policy_step(params, self.carry, obs, self._to_policy(self.obs["is_first"]), k_act,
+                                              uniform=uniform)
         action = np.asarray(jax.device_get(action), np.int32)
         self.replay.add({**self.obs, "action": action})
         self.env.step_async(action)

@@ -36,21 +36,22 @@ class WorldModel(nn.Module):
     def setup(self) -> None:
         c = self.cfg
         spec = dict(self.obs_spec)
+        w, eps = c.winit, c.norm_eps
         if "image" in spec:
-            self.image_enc = nets.ImageEncoder(c.cnn_depth)
-            self.image_dec = nets.ImageDecoder(c.cnn_depth)
+            self.image_enc = nets.ImageEncoder(c.cnn_depth, w, eps)
+            self.image_dec = nets.ImageDecoder(c.cnn_depth, c.decoder, w, eps)
         if "vector" in spec:
-            self.vector_enc = nets.MLP(c.mlp_layers, c.mlp_units)
-            self.vector_dec = nets.MLP(c.mlp_layers, c.mlp_units, out=spec["vector"][0])
-        self.obs_out = nets.DenseNorm(c.ssm.units)
-        self.obs_stats = nn.Dense(c.stoch_size)
-        self.img_in = nets.DenseNorm(c.ssm.units)
+            self.vector_enc = nets.MLP(c.mlp_layers, c.mlp_units, winit=w, eps=eps)
+            self.vector_dec = nets.MLP(c.mlp_layers, c.mlp_units, out=spec["vector"][0], winit=w, eps=eps)
+        self.obs_out = nets.DenseNorm(c.ssm.units, w, eps)
+        self.obs_stats = nn.Dense(c.stoch_size, kernel_init=nets.kernel_init(w, out=True))
+        self.img_in = nets.DenseNorm(c.ssm.units, w, eps)
         self.seq = SSMStack(c.ssm)
-        self.out_proj = nn.Dense(c.deter)
-        self.img_out = nets.DenseNorm(c.ssm.units)
-        self.img_stats = nn.Dense(c.stoch_size)
-        self.reward_head = nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True)
-        self.cont_head = nets.MLP(c.head_layers, c.head_units, out=1)
+        self.out_proj = nn.Dense(c.deter, kernel_init=nets.kernel_init(w))
+        self.img_out = nets.DenseNorm(c.ssm.units, w, eps)
+        self.img_stats = nn.Dense(c.stoch_size, kernel_init=nets.kernel_init(w, out=True))
+        self.reward_head = nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True, winit=w, eps=eps)
+        self.cont_head = nets.MLP(c.head_layers, c.head_units, out=1, winit=w, eps=eps)
         self.initial_deter = self.param("initial_deter", nn.initializers.zeros, (c.deter,))
 
     # ------------------------------------------------------------------------------------------ components

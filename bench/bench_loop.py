@@ -132,7 +132,7 @@ def stand_in_learner(update_s: float, num_envs: int) -> Learner:
         z = jnp.zeros((w, 1, 1))
         return PolicyCarry(z, z, jnp.zeros((w, 1)), jnp.zeros((w, 2)))
 
-    def policy_step(params, carry, obs, is_first, key):
+    def policy_step(params, carry, obs, is_first, key, uniform=False):
         depends = (params["wm"][0, 0] * 0).astype(jnp.int32)  # acting waits for these params, as a real one does
         return carry, jax.random.randint(key, (num_envs,), 0, 2) + depends
 

@@ -19,11 +19,15 @@ class EnvConfig:
     kind: tmaze | popgym | mmaze.
     id:   tmaze: passive | active; popgym: a gymnasium id `popgym-<Name>-v0`;
           mmaze: 9x9 | 11x11 | 13x13 | 15x15.
-    The remaining fields apply to one kind only and are ignored by the others.
+    `time_limit` applies to every kind; the remaining fields apply to one kind only and are ignored by the others.
     """
 
     kind: str = "tmaze"
     id: str = "passive"
+    # what the replay stores when an episode hits its time limit (Memory Maze's, POPGym Concentration's):
+    # "truncation" keeps is_terminal False, so the critic bootstraps across it; "terminal" stores it as a
+    # terminal (cont = 0), as the reference does (its gym adapter sets is_terminal = done). T-Maze never truncates.
+    time_limit: str = "truncation"
     # T-Maze (Ni et al. 2023): corridor length L = steps between the cue and the junction.
     memory_length: int = 20
     episode_length: int = 0  # 0: the shortest episode that can succeed (L + 1 passive, L + 3 active)
@@ -43,6 +47,8 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise EnvConfigError(f"env.kind={self.kind!r} is unknown; expected one of {list(KINDS)}")
+        if self.time_limit not in ("truncation", "terminal"):
+            raise EnvConfigError(f"env.time_limit={self.time_limit!r} must be 'truncation' or 'terminal'")
         if self.kind == "tmaze":
             if self.id not in TMAZE_IDS:
                 raise EnvConfigError(

@@ -145,7 +145,8 @@ class MemoryMazeEnv:
         ts = self._env.step(check_action(action, self.num_actions))
         self._obs = np.asarray(ts.observation, np.uint8)
         self._done = ts.last()
-        terminated = self._done and ts.discount == 0  # physics divergence; the time limit is a truncation
+        # physics divergence; the time limit is a truncation (env.time_limit decides what the replay stores)
+        terminated = self._done and ts.discount == 0
         truncated = self._done and not terminated
         return {"image": self._obs.copy()}, float(ts.reward), bool(terminated), bool(truncated)
 

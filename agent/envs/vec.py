@@ -46,6 +46,7 @@ class _Slot:
 
         self.env = make(cfg)
         self.seed, self.index = seed, index
+        self.truncation_is_terminal = cfg.time_limit == "terminal"
         self.episode = -1
         self.needs_reset = True
         self.ret, self.length = 0.0, 0
@@ -75,7 +76,7 @@ class _Slot:
         if last:
             self.needs_reset = True
             stats = EpisodeStats(self.index, self.episode, self.ret, self.length, self.env.success)
-        return self._row(obs, reward, False, last, terminated), stats
+        return self._row(obs, reward, False, last, terminated or (truncated and self.truncation_is_terminal)), stats
 
     def snapshot(self) -> bytes:
         if self.last is None:

@@ -63,6 +63,8 @@ def test_unknown_profile_lists_the_available_ones():
     ("env.kind=zz", r"env.kind='zz' is unknown"),
     ("replay.codec=snappy", r"codec='snappy' is unknown; expected one of \['zstd', 'lz4'\]"),
     ("agent.act_explore=2", r"agent.act_explore=2.0 must be a probability"),
+    ("agent.decoder=deconv", r"agent.decoder='deconv' must be one of \['pixel_shuffle', 'transpose'\]"),
+    ("env.time_limit=cut", r"env.time_limit='cut' must be 'truncation' or 'terminal'"),
     ("cluster.kind=pbs", r"cluster.kind='pbs' must be 'local' or 'slurm'"),
 ])
 def test_bad_overrides_fail_with_hydra_or_schema_message(override, message):
