@@ -20,17 +20,19 @@ class Dom:
     images: list[dict[str, str | None]] = field(default_factory=list)
     table_rows: dict[str, int] = field(default_factory=dict)  # table id -> rows in its tbody
     links: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # what a reader sees (no script or style)
 
 
 class _Parser(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.dom, self.table, self.in_body = Dom(), None, False
+        self.dom, self.table, self.in_body, self.in_code = Dom(), None, False, False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        if tag == "body":
+        if tag in ("script", "style"):
+            self.in_code = True
+        elif tag == "body":
             self.dom.body = a
         elif tag == "img":
             self.dom.images.append(a)
@@ -45,13 +47,16 @@ class _Parser(HTMLParser):
             self.dom.links.append(a["href"])
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "tbody":
+        if tag in ("script", "style"):
+            self.in_code = False
+        elif tag == "tbody":
             self.in_body = False
         elif tag == "table":
             self.table = None
 
     def handle_data(self, data: str) -> None:
-        self.dom.text.append(data)
+        if not self.in_code:
+            self.dom.text.append(data)
 
 
 def chromium() -> str:

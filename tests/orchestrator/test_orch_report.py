@@ -36,6 +36,8 @@ def smoke(tmp_path_factory):
               f"train.steps=300 train.prefill=100 train.log_every=25 train.env_processes=false "
               f"wandb.mode=disabled run.root={root}", root=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # piped, the live table's last frame keeps its headers whole
+    assert "┃ run ┃ state ┃ requeues ┃ progress" in out.stdout, out.stdout
     return root
 
 
