@@ -176,28 +176,31 @@ def figure(groups: list[Group], metrics: tuple[str, ...], title: str, out: Path)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.6), dpi=100, squeeze=False)
+    shown = [(i, g) for i, g in enumerate(groups) if any(g.curves(m) for m in metrics)]
+    legend_rows = -(-len(shown) // 3)
+    height = 3.6 + 0.25 * legend_rows  # inches; the legend sits under the panels, 3 groups a line
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), height), dpi=100, squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for i, g in enumerate(groups):
+        for i, g in shown:
             color, curves = colors[i % len(colors)], g.curves(metric)
             for c in curves:
                 ax.plot(c.x, c.y, color=color, lw=0.8, alpha=0.25)
             b: Band | None = aggregate.band(curves) if curves else None
             if b is not None:
                 ax.fill_between(b.grid, b.lo, b.hi, color=color, alpha=0.2, lw=0)
-                ax.plot(b.grid, b.mean, color=color, lw=2, label=f"{g.name} ({b.seeds} seeds)")
+                ax.plot(b.grid, b.mean, color=color, lw=2)
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("env steps", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.suptitle(title, fontsize=11)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
-    rows = -(-len(labels) // 3) if handles else 0
-    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
+    handles = [Line2D([], [], color=colors[i % len(colors)], lw=2) for i, _ in shown]
+    labels = [f"{g.name} ({max(len(g.curves(m)) for m in metrics)} seeds)" for _, g in shown]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.25 * legend_rows / height, 1, 1))
     fig.savefig(out, format="png", metadata={"Software": None})
     plt.close(fig)
     return out

@@ -147,3 +147,20 @@ def test_bad_input_is_one_clear_line(logged):
     out = cli("report", "--sweep", "grid", root=logged.dir.parent)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stderr.startswith(f"error: run '{run}' of sweep 'grid': cannot read {logged.dir / run / 'config.yaml'}")
+
+
+def test_runs_without_rows_yet_keep_their_group_row(logged):
+    """A sweep still starting: a seed with no rows is left out of its group's score, a group with none has '-'."""
+    first, second = (logged.dir / r / "logs" / "metrics.jsonl" for r in logged.runs[:2])  # group 5, seeds 0 and 1
+    second.unlink()
+    made = write_report(logged, last=3)
+    assert [(r.runs, r.seeds) for r in made.rows] == [(2, (0,)), (2, (0, 1))]
+    s = made.rows[0].score
+    assert (s.mean, s.lo, s.hi, s.seeds) == (0.0, 0.0, 0.0, 1)
+    first.unlink()
+    for run in logged.runs[2:]:
+        (logged.dir / run / "logs" / "metrics.jsonl").unlink()
+    made = write_report(logged)
+    assert made.images == () and [(r.seeds, r.env_steps, r.score) for r in made.rows] == [((), None, None)] * 2
+    page = made.page.read_text()
+    assert "no episodes or evaluations logged yet" in page and page.count("<td>-</td>") == 2 * 3
