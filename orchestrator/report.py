@@ -105,10 +105,10 @@ def read_run(sweep: Sweep, run: str) -> RunSeries:
     except (OSError, ValueError, yaml.YAMLError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ReportError(f"run {run!r} of sweep {sweep.name!r}: cannot read {path}: {first}") from e
-    if not isinstance(tree, dict) or "seed" not in tree:
-        raise ReportError(f"run {run!r} of sweep {sweep.name!r}: {path} has no top-level seed")
+    if not isinstance(tree, dict) or not isinstance(tree.get("seed"), int):
+        raise ReportError(f"run {run!r} of sweep {sweep.name!r}: {path} has no integer top-level seed")
     seed = tree.pop("seed")
-    return RunSeries(run, int(seed), _flatten(tree), read_curves(sweep.dir / run / "logs" / "metrics.jsonl"))
+    return RunSeries(run, seed, _flatten(tree), read_curves(sweep.dir / run / "logs" / "metrics.jsonl"))
 
 
 def group_runs(runs: list[RunSeries]) -> list[Group]:
@@ -120,12 +120,13 @@ def group_runs(runs: list[RunSeries]) -> list[Group]:
     configs = [members[0].config for members in by_config.values()]
     keys = sorted({k for c in configs for k in c})
     varying = [k for k in keys if len({c.get(k) for c in configs}) > 1]
-    groups = []
-    for cfg, members in zip(configs, by_config.values(), strict=True):
+    names = []
+    for cfg in configs:
         exp = json.loads(cfg.get("run.exp", '""')) or "run"
-        parts = [f"{k}={_value(cfg.get(k))}" for k in varying if k != "run.exp"]
-        groups.append(Group(" ".join([exp, *parts]), tuple(members)))
-    return groups
+        names.append(" ".join([exp, *(f"{k}={_value(cfg.get(k))}" for k in varying if k != "run.exp")]))
+    if len(set(names)) < len(names):  # values that print alike (1 and "1"): the table must still tell them apart
+        names = [f"{n} #{i}" for i, n in enumerate(names)]
+    return [Group(n, tuple(members)) for n, members in zip(names, by_config.values(), strict=True)]
 
 
 def _value(encoded: str | None) -> str:

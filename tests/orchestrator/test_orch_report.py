@@ -14,7 +14,7 @@ from agent.run_config import WandbConfig
 from orchestrator import aggregate
 from orchestrator.compose import compose_runs
 from orchestrator.config import REPO_ROOT
-from orchestrator.report import group_runs, read_run, write_report
+from orchestrator.report import RunSeries, group_runs, read_run, write_report
 from orchestrator.status import run_status, write_html
 from orchestrator.sweep import Request, create_sweep, open_sweep
 from tests.orchestrator.report_browser import render, screenshot
@@ -164,3 +164,18 @@ def test_runs_without_rows_yet_keep_their_group_row(logged):
     assert made.images == () and [(r.seeds, r.env_steps, r.score) for r in made.rows] == [((), None, None)] * 2
     page = made.page.read_text()
     assert "no episodes or evaluations logged yet" in page and page.count("<td>-</td>") == 2 * 3
+
+
+def test_groups_are_named_by_the_settings_that_differ():
+    def run(name, seed, **cfg):
+        flat = {"run.exp": '"tmaze"', "train.steps": "1000", **{k.replace("__", "."): v for k, v in cfg.items()}}
+        return RunSeries(name, seed, flat, {})
+
+    runs = [run("a0", 0, agent__lr="0.001", env__len="20"), run("b0", 0, agent__lr="0.0003", env__len="20"),
+            run("a1", 1, agent__lr="0.001", env__len="20"), run("c0", 0, agent__lr="0.001", env__len="50")]
+    groups = group_runs(runs)
+    assert [(g.name, [r.run for r in g.runs]) for g in groups] == [
+        ("tmaze agent.lr=0.001 env.len=20", ["a0", "a1"]), ("tmaze agent.lr=0.0003 env.len=20", ["b0"]),
+        ("tmaze agent.lr=0.001 env.len=50", ["c0"])]
+    alike = group_runs([run("x", 0, k='"1"'), run("y", 0, k="1"), run("z", 0)])
+    assert [g.name for g in alike] == ["tmaze k=1 #0", "tmaze k=1 #1", "tmaze k=unset #2"]
