@@ -13,13 +13,16 @@ from agent.metrics import MetricsLog
 from agent.run_config import WandbConfig
 from orchestrator import aggregate
 from orchestrator.compose import compose_runs
-from orchestrator.config import REPO_ROOT
+from orchestrator.config import REPO_ROOT, schema
 from orchestrator.report import RunSeries, group_runs, read_run, write_report
 from orchestrator.status import run_status, write_html
 from orchestrator.sweep import Request, create_sweep, open_sweep
 from tests.orchestrator.report_browser import render, screenshot
 
 CLI = [sys.executable, "-m", "orchestrator"]
+# Two short evaluations per run where the config tree has periodic evaluation, so the report shows eval curves.
+EVALUATES = "eval" in schema()
+EVAL_ARGS = " eval.every=150 eval.episodes=2" if EVALUATES else ""
 
 
 def cli(*args: str, root) -> subprocess.CompletedProcess:
@@ -34,7 +37,7 @@ def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = cli("submit", "--exp", "smoke", "--seeds", "0,1", "--sweep", "smoke2", "--cluster", "local", "--args",
               f"train.steps=300 train.prefill=100 train.log_every=25 train.env_processes=false "
-              f"wandb.mode=disabled run.root={root}", root=root)
+              f"wandb.mode=disabled run.root={root}{EVAL_ARGS}", root=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     # piped, the live table's last frame keeps its headers whole
     assert "┃ run ┃ state ┃ requeues ┃ progress" in out.stdout, out.stdout
@@ -50,6 +53,7 @@ def test_smoke_sweep_report_in_a_browser(smoke, tmp_path):
     runs = [json.loads(line) for r in ("s0", "s1")
             for line in (sweep_dir / r / "logs" / "metrics.jsonl").read_text().splitlines()]
     evaluated = any("eval/return" in row for row in runs)
+    assert evaluated == EVALUATES
     assert (sweep_dir / "report_train.png").exists()
     assert (sweep_dir / "report_eval.png").exists() == evaluated
     dom = render(sweep_dir / "report.html", tmp_path / "chromium")
