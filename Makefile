@@ -32,7 +32,7 @@ CHAOS_1M_ARGS ?= --kinds preempt,scratch_wipe,sigkill --trials-per-kind 1 --faul
 include docker/image.env
 IMAGE_VARIANT ?= cpu
 
-.PHONY: help setup lock test test-slurm test-all cluster-up cluster-down submit status cancel resume \
+.PHONY: help setup lock test browser test-slurm test-all cluster-up cluster-down submit status report cancel resume \
         bench bench-buffer bench-agent bench-loop bench-learn chaos chaos-1m lint docker sif test-container clean
 
 help: ## list the targets
@@ -52,8 +52,11 @@ lock: ## re-resolve requirements.in into requirements.lock (in a scratch venv)
 	/tmp/r2i-lock-venv/bin/pip install -q -r requirements.in
 	/tmp/r2i-lock-venv/bin/pip freeze --exclude-editable > requirements.lock
 
-test: setup ## fast unit and local end-to-end tests (no cluster, no container)
+test: setup browser ## fast unit and local end-to-end tests (no cluster, no container)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser: ## Chromium for the sweep report's browser test, from Debian's packages where it is missing (root)
+	@command -v chromium >/dev/null || bash tests/install-chromium.sh
 
 test-slurm: setup cluster-up ## tests against the real dev Slurm cluster (brings it up first), the chaos CI slice included
 	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
@@ -73,6 +76,10 @@ submit: setup ## launch EXP (SEEDS=0,1 SWEEP=name ARGS="k=v ..." CLUSTER=auto|sl
 status: setup ## report every run of SWEEP (JSON=1 for machine output); also writes <sweep>/status.html
 	@test -n "$(SWEEP)" || { echo "SWEEP is required, e.g. make status SWEEP=smoke-20261121-1200"; exit 2; }
 	$(PY) -m orchestrator status --sweep "$(SWEEP)" $(if $(filter 1,$(JSON)),--json)
+
+report: setup ## curves across seeds per config group + final scores of SWEEP -> <sweep>/report.html and PNGs
+	@test -n "$(SWEEP)" || { echo "SWEEP is required, e.g. make report SWEEP=smoke-20261121-1200"; exit 2; }
+	$(PY) -m orchestrator report --sweep "$(SWEEP)"
 
 cancel: setup ## cancel every queued or running job of SWEEP
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }

@@ -1,4 +1,4 @@
-"""`python -m orchestrator <submit|status|cancel|resume>` (console script `r2i`), called by the Makefile."""
+"""`python -m orchestrator <submit|status|report|cancel|resume>` (console script `r2i`), called by the Makefile."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="one row per run of a sweep")
     st.add_argument("--sweep", required=True)
     st.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    rp = sub.add_parser("report", help="curves across seeds per config group and final scores -> <sweep>/report.html")
+    rp.add_argument("--sweep", required=True)
+    rp.add_argument("--last", type=int, default=None, help="rows per seed the final score averages (default 5)")
     c = sub.add_parser("cancel", help="cancel every live job of a sweep")
     c.add_argument("--sweep", required=True)
     r = sub.add_parser("resume", help="resubmit the runs that are neither done nor queued")
@@ -67,14 +70,20 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(status.to_json(sweep.name, rows))
             else:
-                from rich.console import Console
-
-                console = Console() if sys.stdout.isatty() else Console(width=220)
+                console = status.console()
                 console.print(status.table(sweep.name, rows))
                 for r in rows:
                     for w in r.warnings:
                         console.print(f"[yellow]{r.run}: {w}[/yellow]")
                 console.print(f"learning curves: {html_path}")
+        elif args.cmd == "report":
+            from orchestrator import report
+
+            sweep = open_sweep(args.root or run_root(), args.sweep)
+            made = report.write_report(sweep, report.LAST_ROWS if args.last is None else args.last)
+            console = status.console()
+            console.print(report.rich_table(sweep.name, made))
+            console.print(f"report: {made.page} ({', '.join(p.name for p in made.images) or 'no curves yet'})")
     except OrchestratorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

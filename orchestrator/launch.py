@@ -19,6 +19,7 @@ from orchestrator.compose import compose_runs, split_args
 from orchestrator.config import EXPERIMENTS_DIR, ClusterConfig, OrchestratorError, RootConfig
 from orchestrator.job import run_job
 from orchestrator.status import LIVE, pid_alive, sweep_status, table
+from orchestrator.status import console as status_console
 from orchestrator.sweep import (
     Request,
     Sweep,
@@ -290,11 +291,10 @@ def _report(sweep: Sweep, launched: list[Launched], kind: str, detach: bool, fol
 
 def follow_local(sweep: Sweep, launched: list[Launched], refresh_s: float = 1.0, stop: bool = False) -> None:
     """Live table until the local jobs end; Ctrl-C (or `stop`) asks them to stop at the next step boundary."""
-    from rich.console import Console
     from rich.live import Live
 
     procs = [item.job._process for item in launched if getattr(item.job, "_process", None) is not None]
-    console = Console()
+    console = status_console()
     stopping = stop
     for p in procs if stop else []:
         p.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -161,6 +162,14 @@ def _num(x: float | None, fmt: str = "{:.3g}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def console() -> Any:
+    """The CLI's rich Console. Piped or redirected, rich would fit tables into 80 columns and cut headers and cells
+    (`requ…`); there, lines are as long as the table needs, for logs and grep."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=1_000_000)
+
+
 def table(sweep_name: str, rows: list[RunStatus]) -> Any:
     """A rich Table of the rows, titled with the counts per state."""
     from rich.table import Table
@@ -237,11 +246,18 @@ def write_html(sweep: Sweep, rows: list[RunStatus]) -> Path:
             r.run, r.state, r.reason, r.requeues, _num(r.env_steps, "{}"), _num(r.percent, "{:.1f}"),
             _num(r.commit, "{}"), _dur(r.commit_age_s), _num(r.last_return), _num(r.steps_per_s),
             _dur(r.eta_s), r.wandb_run_id or "-")) + "</tr>" for r in rows)
+    report = sweep.dir / "report.html"
+    link = (f"<a href='report.html'>sweep report</a> (curves across seeds per config group, final scores; "
+            f"made {time.strftime('%Y-%m-%d %H:%M', time.localtime(report.stat().st_mtime))}, "
+            f"remake it with <code>make report SWEEP={html.escape(sweep.name)}</code>)" if report.exists()
+            else f"no sweep report yet: <code>make report SWEEP={html.escape(sweep.name)}</code> writes "
+                 "report.html here")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(sweep.name)}</title>"
             "<style>body{font-family:sans-serif} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
             "padding:2px 6px;font-size:13px} .run{display:inline-block;margin:6px}</style></head><body>"
             f"<h2>sweep {html.escape(sweep.name)}: {html.escape(counts(rows))}</h2>"
-            f"<p>{time.strftime('%Y-%m-%d %H:%M:%S %Z')}</p><table><tr>{head}</tr>{body}</table>"
+            f"<p>{time.strftime('%Y-%m-%d %H:%M:%S %Z')}</p><p id='report'>{link}</p>"
+            f"<table><tr>{head}</tr>{body}</table>"
             f"<h2>learning curves</h2>{''.join(cells)}</body></html>")
     out = sweep.dir / "status.html"
     out.write_text(page)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -10,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from orchestrator.compose import compose_runs
-from orchestrator.config import agent_run_config
+from orchestrator.config import REPO_ROOT, agent_run_config
 from orchestrator.status import read_metrics, run_status, table, to_json, write_html
 from orchestrator.sweep import Request, create_sweep, write_json_atomic
 from tests.orchestrator import orch_workload
@@ -91,3 +93,26 @@ def test_metrics_reader_skips_cut_lines(tmp_path):
     f = tmp_path / "metrics.jsonl"
     f.write_text('{"env_steps": 10, "episode/return": 1.5}\n{"env_steps": 20, "loss": 3}\n{"env_st')
     assert read_metrics(f) == ([10.0], [1.5])
+
+
+def test_piped_status_keeps_every_header_and_cell_whole(tmp_path):
+    """`make status | tee` or `> file`: rich sees no terminal, and must not cut headers or cells to fit 80 (or
+    any other) columns; a long failure reason is the widest cell a real table has."""
+    root = tmp_path / "runs"
+    runs = compose_runs("smoke", [3], f"run.root={root}", "local")
+    s = create_sweep(root, "piped", Request("smoke", [3], [], "local"), runs)
+    error = "RuntimeError: " + " ".join(f"the replay store at /scratch/piped/s3 said no ({i})" for i in range(6))
+    write_json_atomic(s.dir / "s3" / "state.json", {"state": "failed", "error": error, "attempts": [
+        {"job_id": "999999999", "restart": 0}], "warnings": []})
+    s.record_submission("s3", "999999999", "local")  # no such pid: the job has ended
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "--root", str(root), "status", "--sweep", "piped"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # pipes
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if "run" in line and "state" in line and "┃" in line)
+    cells = [c.strip() for c in header.strip("┃ ").split("┃")]
+    assert cells == ["run", "state", "requeues", "progress", "last commit", "return", "steps/s", "ETA", "job",
+                     "wandb"], out.stdout
+    (row,) = [line for line in lines if line.startswith("│ s3")]
+    assert f"FAILED ({error})" in row and "999999999" in row
+    assert "…" not in out.stdout
