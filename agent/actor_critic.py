@@ -27,7 +27,8 @@ class Actor(nn.Module):
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
         c = self.cfg
-        logits = nets.MLP(c.head_layers, c.head_units, out=self.num_actions, winit=c.winit, eps=c.norm_eps)(feat)
+        logits = nets.MLP(c.head_layers, c.head_units, out=self.num_actions, winit=c.winit, eps=c.norm_eps,
+                          dtype=c.compute_dtype)(feat)
         return nets.unimix_logits(logits, c.actor_unimix)
 
 
@@ -39,7 +40,8 @@ class Critic(nn.Module):
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
         c = self.cfg
-        return nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True, winit=c.winit, eps=c.norm_eps)(feat)
+        return nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True, winit=c.winit, eps=c.norm_eps,
+                        dtype=c.compute_dtype)(feat)
 
 
 class RetNorm(NamedTuple):

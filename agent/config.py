@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -117,6 +118,10 @@ class AgentConfig:
     # reference's `parallel` script, Memory Maze), "uniform" draws uniform random actions (its `train` script,
     # POPGym). The posterior still advances the policy carry on the chosen action.
     prefill_actions: str = "actor"
+    # compute dtype of the dense, conv and norm layers outside the SSM: "bfloat16" halves their memory traffic
+    # and runs on tensor cores. Params, optimiser state and the SSM scan stay float32, and every network's output
+    # (logits, decoded observations, deter) is float32 before any loss reduction.
+    precision: str = "float32"
     # optimiser groups
     model_opt: OptConfig = field(default_factory=lambda: OptConfig(1e-4, 1e-8, 1000.0, 0.0))
     ssm_opt: OptConfig = field(default_factory=lambda: OptConfig(1e-4, 1e-8, 1000.0, 0.0))
@@ -139,7 +144,8 @@ class AgentConfig:
         if s.bc_init not in ("fan_in", "reference"):
             raise ConfigError(f"agent.ssm.bc_init={s.bc_init!r} must be 'fan_in' or 'reference'")
         choices = {"winit": ("fan_in", "fan_avg"), "decoder": ("pixel_shuffle", "transpose"),
-                   "ssm_clip": ("group", "per_leaf"), "prefill_actions": ("actor", "uniform")}
+                   "ssm_clip": ("group", "per_leaf"), "prefill_actions": ("actor", "uniform"),
+                   "precision": ("float32", "bfloat16")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"agent.{key}={getattr(self, key)!r} must be one of {list(allowed)}")
@@ -155,6 +161,10 @@ class AgentConfig:
     @property
     def stoch_size(self) -> int:
         return self.stoch * self.classes
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.bfloat16 if self.precision == "bfloat16" else jnp.float32
 
 
 def _thaw(node: Any) -> Any:

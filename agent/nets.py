@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -101,20 +103,23 @@ def kernel_init(winit: str, out: bool = False) -> nn.initializers.Initializer:
 
 
 class DenseNorm(nn.Module):
-    """Dense (no bias) -> LayerNorm -> SiLU."""
+    """Dense (no bias) -> LayerNorm -> SiLU, computed in `dtype` (params stay float32; flax's LayerNorm takes its
+    statistics in float32 whatever the dtype)."""
 
     units: int
     winit: str = "fan_in"
     eps: float = 1e-6
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Dense(self.units, use_bias=False, kernel_init=kernel_init(self.winit))(x)
-        return jax.nn.silu(nn.LayerNorm(epsilon=self.eps)(x))
+        x = nn.Dense(self.units, use_bias=False, kernel_init=kernel_init(self.winit), dtype=self.dtype)(x)
+        return jax.nn.silu(nn.LayerNorm(epsilon=self.eps, dtype=self.dtype)(x))
 
 
 class MLP(nn.Module):
-    """`layers` x DenseNorm, then an optional linear output (zero-initialised if `zero_out`)."""
+    """`layers` x DenseNorm, then an optional linear output (zero-initialised if `zero_out`); the output (or the
+    last hidden layer) is float32 whatever the compute `dtype`."""
 
     layers: int
     units: int
@@ -122,15 +127,16 @@ class MLP(nn.Module):
     zero_out: bool = False
     winit: str = "fan_in"
     eps: float = 1e-6
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for _ in range(self.layers):
-            x = DenseNorm(self.units, self.winit, self.eps)(x)
+            x = DenseNorm(self.units, self.winit, self.eps, self.dtype)(x)
         if self.out is not None:
             init = nn.initializers.zeros if self.zero_out else kernel_init(self.winit, out=True)
-            x = nn.Dense(self.out, kernel_init=init)(x)
-        return x
+            x = nn.Dense(self.out, kernel_init=init, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
 
 
 class ImageEncoder(nn.Module):
@@ -139,6 +145,7 @@ class ImageEncoder(nn.Module):
     depth: int
     winit: str = "fan_in"
     eps: float = 1e-6
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
@@ -146,8 +153,8 @@ class ImageEncoder(nn.Module):
         x = image.reshape((-1, *image.shape[-3:])).astype(jnp.float32) / 255.0 - 0.5
         for mult in (1, 2, 4, 8):
             x = nn.Conv(self.depth * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                        kernel_init=kernel_init(self.winit))(x)
-            x = jax.nn.silu(nn.LayerNorm(epsilon=self.eps)(x))
+                        kernel_init=kernel_init(self.winit), dtype=self.dtype)(x)
+            x = jax.nn.silu(nn.LayerNorm(epsilon=self.eps, dtype=self.dtype)(x))
         return x.reshape((*lead, -1))
 
 
@@ -167,26 +174,27 @@ class ImageDecoder(nn.Module):
     upsample: str = "pixel_shuffle"
     winit: str = "fan_in"
     eps: float = 1e-6
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
-        lead = feat.shape[:-1]
-        x = nn.Dense(4 * 4 * 8 * self.depth, kernel_init=kernel_init(self.winit, out=True))(
+        lead, dt = feat.shape[:-1], self.dtype
+        x = nn.Dense(4 * 4 * 8 * self.depth, kernel_init=kernel_init(self.winit, out=True), dtype=dt)(
             feat.reshape((-1, feat.shape[-1])))
         x = x.reshape((-1, 4, 4, 8 * self.depth))
         for mult in (4, 2, 1):
             if self.upsample == "transpose":
                 x = nn.ConvTranspose(self.depth * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                                     kernel_init=kernel_init(self.winit))(x)
+                                     kernel_init=kernel_init(self.winit), dtype=dt)(x)
             else:
                 x = nn.Conv(4 * self.depth * mult, (3, 3), padding="SAME", use_bias=False,
-                            kernel_init=kernel_init(self.winit))(x)
+                            kernel_init=kernel_init(self.winit), dtype=dt)(x)
                 x = depth_to_space(x, 2)
-            x = jax.nn.silu(nn.LayerNorm(epsilon=self.eps)(x))
+            x = jax.nn.silu(nn.LayerNorm(epsilon=self.eps, dtype=dt)(x))
         if self.upsample == "transpose":
             x = nn.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME",
-                                 kernel_init=kernel_init(self.winit, out=True))(x)
+                                 kernel_init=kernel_init(self.winit, out=True), dtype=dt)(x)
         else:
             x = depth_to_space(nn.Conv(4 * 3, (3, 3), padding="SAME",
-                                       kernel_init=kernel_init(self.winit, out=True))(x), 2)
-        return x.reshape((*lead, 64, 64, 3)) + 0.5
+                                       kernel_init=kernel_init(self.winit, out=True), dtype=dt)(x), 2)
+        return x.astype(jnp.float32).reshape((*lead, 64, 64, 3)) + 0.5

@@ -36,28 +36,29 @@ class WorldModel(nn.Module):
     def setup(self) -> None:
         c = self.cfg
         spec = dict(self.obs_spec)
-        w, eps = c.winit, c.norm_eps
+        w, eps, dt = c.winit, c.norm_eps, c.compute_dtype
         if "image" in spec:
-            self.image_enc = nets.ImageEncoder(c.cnn_depth, w, eps)
-            self.image_dec = nets.ImageDecoder(c.cnn_depth, c.decoder, w, eps)
+            self.image_enc = nets.ImageEncoder(c.cnn_depth, w, eps, dt)
+            self.image_dec = nets.ImageDecoder(c.cnn_depth, c.decoder, w, eps, dt)
         if "vector" in spec:
-            self.vector_enc = nets.MLP(c.mlp_layers, c.mlp_units, winit=w, eps=eps)
-            self.vector_dec = nets.MLP(c.mlp_layers, c.mlp_units, out=spec["vector"][0], winit=w, eps=eps)
-        self.obs_out = nets.DenseNorm(c.ssm.units, w, eps)
-        self.obs_stats = nn.Dense(c.stoch_size, kernel_init=nets.kernel_init(w, out=True))
-        self.img_in = nets.DenseNorm(c.ssm.units, w, eps)
+            self.vector_enc = nets.MLP(c.mlp_layers, c.mlp_units, winit=w, eps=eps, dtype=dt)
+            self.vector_dec = nets.MLP(c.mlp_layers, c.mlp_units, out=spec["vector"][0], winit=w, eps=eps, dtype=dt)
+        self.obs_out = nets.DenseNorm(c.ssm.units, w, eps, dt)
+        self.obs_stats = nn.Dense(c.stoch_size, kernel_init=nets.kernel_init(w, out=True), dtype=dt)
+        self.img_in = nets.DenseNorm(c.ssm.units, w, eps, dt)
         self.seq = SSMStack(c.ssm)
-        self.out_proj = nn.Dense(c.deter, kernel_init=nets.kernel_init(w))
-        self.img_out = nets.DenseNorm(c.ssm.units, w, eps)
-        self.img_stats = nn.Dense(c.stoch_size, kernel_init=nets.kernel_init(w, out=True))
-        self.reward_head = nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True, winit=w, eps=eps)
-        self.cont_head = nets.MLP(c.head_layers, c.head_units, out=1, winit=w, eps=eps)
+        self.out_proj = nn.Dense(c.deter, kernel_init=nets.kernel_init(w), dtype=dt)
+        self.img_out = nets.DenseNorm(c.ssm.units, w, eps, dt)
+        self.img_stats = nn.Dense(c.stoch_size, kernel_init=nets.kernel_init(w, out=True), dtype=dt)
+        self.reward_head = nets.MLP(c.head_layers, c.head_units, out=c.bins, zero_out=True, winit=w, eps=eps,
+                                    dtype=dt)
+        self.cont_head = nets.MLP(c.head_layers, c.head_units, out=1, winit=w, eps=eps, dtype=dt)
         self.initial_deter = self.param("initial_deter", nn.initializers.zeros, (c.deter,))
 
     # ------------------------------------------------------------------------------------------ components
 
     def _stats(self, x: jax.Array) -> jax.Array:
-        logits = x.reshape((*x.shape[:-1], self.cfg.stoch, self.cfg.classes))
+        logits = x.astype(jnp.float32).reshape((*x.shape[:-1], self.cfg.stoch, self.cfg.classes))
         return nets.unimix_logits(logits, self.cfg.unimix)
 
     def latent(self, key: jax.Array, logp: jax.Array) -> jax.Array:
@@ -89,8 +90,8 @@ class WorldModel(nn.Module):
         """Prior path. stoch_prev (B, T, S*K), action_prev (B, T, A) one-hot, reset (B, T) bool,
         hidden_prev (B, L, P) -> (deter (B, T, deter), hidden (B, T, L, P))."""
         u = self.img_in(jnp.concatenate([stoch_prev, action_prev], -1))
-        out, hidden = self.seq(u, reset, hidden_prev)
-        return jax.nn.silu(self.out_proj(out)), hidden
+        out, hidden = self.seq(u.astype(jnp.float32), reset, hidden_prev)  # the SSM layers stay float32
+        return jax.nn.silu(self.out_proj(out)).astype(jnp.float32), hidden
 
     def heads(self, deter: jax.Array, stoch: jax.Array) -> tuple[jax.Array, jax.Array]:
         """-> reward logits (..., bins), continue logit (...)."""
