@@ -211,17 +211,25 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
         zeros = jnp.zeros((num_envs, ssm.layers, ssm.hidden), jnp.float32)
         return PolicyCarry(zeros, zeros, jnp.zeros((num_envs, cfg.stoch_size)), jnp.zeros((num_envs, num_actions)))
 
-    def policy_step(params: dict, carry: PolicyCarry, obs: dict, is_first: jax.Array, key: jax.Array):
-        """obs {key: (W, *shape)}, is_first (W,) bool -> (carry, action (W,) int32), sampling the actor."""
+    def policy_step(params: dict, carry: PolicyCarry, obs: dict, is_first: jax.Array, key: jax.Array,
+                    mode: str = "explore"):
+        """obs {key: (W, *shape)}, is_first (W,) bool -> (carry, action (W,) int32). `mode` (static): explore =
+        a draw from the actor mixed with `act_explore` (acting in training); sample = a draw from the actor;
+        mode = the actor's argmax (the last two for evaluation)."""
+        if mode not in ("explore", "sample", "mode"):
+            raise ValueError(f"policy_step: mode={mode!r} must be explore, sample or mode")
         k_post, k_act = jax.random.split(key)
         hidden = carry.hidden_re + 1j * carry.hidden_im
         obs = {k: obs[k] for k, _ in spec}
         lat = wm.apply(params["wm"], hidden, carry.stoch, carry.action, is_first.astype(bool), obs, k_post,
                        method=WorldModel.obs_step)
         logp = actor.apply(params["actor"], ac_features(lat, cfg.ac_deter))
-        if cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
+        if mode == "explore" and cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
             logp = nets.unimix_logits(logp, cfg.act_explore)
-        action = jax.random.categorical(k_act, logp).astype(jnp.int32)
+        if mode == "mode":
+            action = jnp.argmax(logp, -1).astype(jnp.int32)
+        else:
+            action = jax.random.categorical(k_act, logp).astype(jnp.int32)
         new = PolicyCarry(lat.hidden.real, lat.hidden.imag, lat.stoch, jax.nn.one_hot(action, num_actions))
         return new, action
 
