@@ -252,7 +252,7 @@ class Evaluator:
                          len(frames), e.dream_context)
         elif "vector" in obs and e.plot:
             path = media.episode_plot(folder / f"{name}_episode.png", obs["vector"], actions, rewards,
-                                      f"{self.cfg.env.name}, first eval episode ({name})")
+                                      self.env.num_actions, f"{self.cfg.env.name}, first eval episode ({name})")
             out["episode"] = str(path.relative_to(self.run_dir))
         return out
 

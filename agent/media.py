@@ -107,7 +107,8 @@ def dream_strip(real: np.ndarray, recon: np.ndarray, imagined: np.ndarray, conte
     return np.concatenate([real, recon, marked], axis=2)
 
 
-def episode_plot(path: Path, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, title: str) -> Path:
+def episode_plot(path: Path, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, num_actions: int,
+                 title: str) -> Path:
     """PNG of one vector-env episode: observation components over time (heat map), actions, rewards.
 
     obs (T+1, D) from the first observation to the last, actions (T,) taken after obs 0..T-1, rewards (T+1,)
@@ -130,7 +131,8 @@ def episode_plot(path: Path, obs: np.ndarray, actions: np.ndarray, rewards: np.n
                      extent=(-0.5, len(obs) - 0.5, obs.shape[1] - 0.5, -0.5))
     fig.colorbar(im, cax=ax_o.inset_axes([1.01, 0.0, 0.015, 1.0]))  # outside the axes: widths stay equal
     ax_o.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax_a.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_a.set_ylim(-0.5, num_actions - 0.5)
+    ax_a.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=min(num_actions, 8), integer=True))
     ax_o.set_ylabel("observation\ncomponent")
     ax_o.set_title(title)
     ax_a.step(steps[:-1], actions, where="mid", color="tab:blue")
@@ -140,7 +142,7 @@ def episode_plot(path: Path, obs: np.ndarray, actions: np.ndarray, rewards: np.n
     ax_r.axhline(0, color="black", lw=0.5)
     ax_r.set_ylabel("reward")
     ax_r.set_xlabel(f"step (return {rewards.sum():.3f} over {len(actions)} steps)")
-    fig.subplots_adjust(left=0.1, right=0.92, top=0.94, bottom=0.09, hspace=0.12)
+    fig.subplots_adjust(left=0.1, right=0.88, top=0.94, bottom=0.09, hspace=0.12)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=80, format="png")

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from agent.config import agent_config_from
-from agent.envs import EnvConfig
+from agent.envs import EnvConfig, VecEnv
 from agent.evaluate import EvalResult, Evaluator, crossed
 from agent.media import CONTEXT_RGB, IMAGINED_RGB, dream_strip, read_video, video_format, write_video
 from agent.run_config import AgentRunConfig, EvalConfig
@@ -119,3 +119,41 @@ def test_read_latest_commit_is_read_only(tmp_path: Path) -> None:
     got = read_latest_commit(str(durable))
     assert (got.commit_id, got.extra, got.blobs) == (2, {"n": 2}, {"a": b"second", "b": b""})
     assert {p: p.read_bytes() for p in durable.rglob("*") if p.is_file()} == files
+
+
+def test_restart_gives_the_episodes_of_a_fresh_vecenv() -> None:
+    cfg = EnvConfig(kind="tmaze", id="passive", memory_length=3)
+    with VecEnv(cfg, 3, seed=5, processes=False) as used, VecEnv(cfg, 3, seed=9, processes=False) as fresh:
+        used.reset()
+        used.step(np.zeros(3, int))  # mid-episode of another seed
+        got, want = used.restart(9, 0), fresh.reset()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        # the cue (component 2) is the episode's own: episode 1 of seed 9 is what seed 9's envs play second
+        for _ in range(4):
+            fresh.step(np.zeros(3, int))
+        np.testing.assert_array_equal(used.restart(9, 1)["vector"], fresh.step(np.zeros(3, int))[0]["vector"])
+        with pytest.raises(ValueError, match="episode=-1"):
+            used.restart(9, -1)
+
+
+def test_eval_policy_modes() -> None:
+    from agent.learner import make_learner
+
+    agent = agent_config_from(OmegaConf.load(REPO / "experiments" / "agent" / "tiny.yaml"))
+    agent = dataclasses.replace(agent, sample_latents=False)  # z is its mode: only the action draw uses the key
+    learner = make_learner(agent, {"vector": (4,)}, 4)
+    params = jax.jit(learner.init)(jax.random.PRNGKey(0)).params
+    obs, first = {"vector": jax.random.normal(jax.random.PRNGKey(1), (64, 4))}, np.ones(64, bool)
+    carry = learner.init_policy_carry(64)
+
+    step = jax.jit(learner.policy_step, static_argnames="mode")
+
+    def act(mode: str, seed: int) -> np.ndarray:
+        return np.asarray(step(params, carry, obs, first, jax.random.PRNGKey(seed), mode=mode)[1])
+
+    assert (act("mode", 2) == act("mode", 3)).all()
+    assert (act("sample", 2) != act("sample", 3)).any()
+    assert (act("sample", 2) == act("explore", 2)).all()  # without agent.act_explore the same draw
+    with pytest.raises(ValueError, match="greedy"):
+        act("greedy", 2)
