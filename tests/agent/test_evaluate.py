@@ -157,3 +157,22 @@ def test_eval_policy_modes() -> None:
     assert (act("sample", 2) == act("explore", 2)).all()  # without agent.act_explore the same draw
     with pytest.raises(ValueError, match="greedy"):
         act("greedy", 2)
+
+
+def test_media_go_to_wandb_when_it_is_on(tmp_path: Path) -> None:
+    from agent.media import episode_plot
+    from agent.metrics import MetricsLog
+    from agent.run_config import WandbConfig
+
+    video = write_video(tmp_path / "media" / "v", np.zeros((4, 16, 16, 3), np.uint8), fps=5)
+    plot = episode_plot(tmp_path / "media" / "p.png", np.zeros((3, 2)), np.zeros(2, int), np.zeros(3), 2, "t")
+    for mode in ("disabled", "offline"):
+        log = MetricsLog(tmp_path / mode, WandbConfig(mode=mode), f"r2i-media-{mode}")
+        log.open(committed_bytes=0)
+        log.write({"env_steps": 8, "eval/return": 1.0}, {})
+        log.log_media(8, {"dream": video, "episode": plot})
+        log.close()
+    assert not (tmp_path / "disabled" / "wandb").exists()
+    run = next((tmp_path / "offline" / "wandb").glob("offline-run-*"))
+    sent = sorted(p.relative_to(run / "files" / "media").parts for p in run.glob("files/media/*/media/*"))
+    assert [(kind, name.split("_")[0]) for kind, _, name in sent] == [("images", "episode"), ("videos", "dream")]
