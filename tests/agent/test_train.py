@@ -185,7 +185,7 @@ def test_make_eval_evaluates_the_newest_commit_read_only(tmaze_eval_run, capsys)
     from buffer import read_latest_manifest
     from orchestrator.cli import main
 
-    run_dir, _cfg, reference = tmaze_eval_run
+    run_dir, cfg, reference = tmaze_eval_run
     durable = run_dir / "durable"
 
     def store() -> dict:
@@ -210,3 +210,10 @@ def test_make_eval_evaluates_the_newest_commit_read_only(tmaze_eval_run, capsys)
     assert (other.seed, len(other.returns), len(other.lengths)) == (11, 2, 2)
     assert main(["eval", "--run", str(run_dir / "nowhere")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+    from agent.evaluate import EvalError, evaluate_commit
+
+    with pytest.raises(EvalError, match="another config"):  # config.yaml edited after the run started
+        evaluate_commit(replace(cfg, seed=4), str(durable), run_dir)
+    with pytest.raises(EvalError, match="no commit yet"):
+        evaluate_commit(cfg, str(run_dir / "no-durable"), run_dir)
+    assert store() == before and not (run_dir / "no-durable").exists()
