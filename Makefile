@@ -12,6 +12,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 EXP ?=
 SEEDS ?=
 SWEEP ?=
+RUN ?=
+EPISODES ?=
+SEED ?=
 ARGS ?=
 CLUSTER ?= auto
 PROFILE ?=
@@ -32,7 +35,7 @@ CHAOS_1M_ARGS ?= --kinds preempt,scratch_wipe,sigkill --trials-per-kind 1 --faul
 include docker/image.env
 IMAGE_VARIANT ?= cpu
 
-.PHONY: help setup lock test browser test-slurm test-all cluster-up cluster-down submit status report cancel resume \
+.PHONY: help setup lock test browser test-slurm test-all cluster-up cluster-down submit status report cancel resume eval \
         bench bench-buffer bench-agent bench-loop bench-learn chaos chaos-1m lint docker sif test-container clean
 
 help: ## list the targets
@@ -88,6 +91,10 @@ cancel: setup ## cancel every queued or running job of SWEEP
 resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued (DETACH=1 locally)
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
 	$(PY) -m orchestrator resume --sweep "$(SWEEP)" $(if $(filter 1,$(DETACH)),--detach)
+
+eval: setup ## evaluate the newest commit of RUN (a run folder; EPISODES=n SEED=s), read-only -> <run>/eval/
+	@test -n "$(RUN)" || { echo "RUN is required, e.g. make eval RUN=runs/smoke-20261121-1200/s0"; exit 2; }
+	$(PY) -m orchestrator eval --run "$(RUN)" $(if $(EPISODES),--episodes "$(EPISODES)") $(if $(SEED),--seed "$(SEED)")
 
 bench: bench-buffer bench-agent bench-loop ## all benchmarks (JSON under bench/results/)
 

@@ -221,9 +221,13 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
         return PolicyCarry(zeros, zeros, jnp.zeros((num_envs, cfg.stoch_size)), jnp.zeros((num_envs, num_actions)))
 
     def policy_step(params: dict, carry: PolicyCarry, obs: dict, is_first: jax.Array, key: jax.Array,
-                    uniform: bool = False):
-        """obs {key: (W, *shape)}, is_first (W,) bool -> (carry, action (W,) int32), sampling the actor, or with
-        `uniform` (static: the loop's prefill) uniform random actions drawn from the same key."""
+                    uniform: bool = False, mode: str = "explore"):
+        """obs {key: (W, *shape)}, is_first (W,) bool -> (carry, action (W,) int32). Static: `uniform` (the loop's
+        prefill) draws uniform random actions from the same key; else `mode`: explore = a draw from the actor
+        mixed with `act_explore` (acting in training); sample = a draw from the actor; mode = the actor's argmax
+        (the last two for evaluation)."""
+        if mode not in ("explore", "sample", "mode"):
+            raise ValueError(f"policy_step: mode={mode!r} must be explore, sample or mode")
         k_post, k_act = jax.random.split(key)
         hidden = carry.hidden_re + 1j * carry.hidden_im
         obs = {k: obs[k] for k, _ in spec}
@@ -233,9 +237,12 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
             action = jax.random.randint(k_act, is_first.shape, 0, num_actions, jnp.int32)
         else:
             logp = actor.apply(params["actor"], ac_features(lat, cfg.ac_deter))
-            if cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
+            if mode == "explore" and cfg.act_explore > 0:  # static: a run without it keeps its exact action stream
                 logp = nets.unimix_logits(logp, cfg.act_explore)
-            action = jax.random.categorical(k_act, logp).astype(jnp.int32)
+            if mode == "mode":
+                action = jnp.argmax(logp, -1).astype(jnp.int32)
+            else:
+                action = jax.random.categorical(k_act, logp).astype(jnp.int32)
         new = PolicyCarry(lat.hidden.real, lat.hidden.imag, lat.stoch, jax.nn.one_hot(action, num_actions))
         return new, action
 

@@ -89,6 +89,20 @@ class MetricsLog:
         if self._wandb is not None:
             self._wandb.log({**row, **perf}, step=row["env_steps"])
 
+    def log_media(self, env_steps: int, files: dict[str, Path]) -> None:
+        """Send media files to wandb (videos: .mp4/.gif, images: .png) as `media/<kind>`; nothing when it is off.
+        The files themselves stay where they are (`<run>/media/`)."""
+        if self._wandb is None or not files:
+            return
+        import wandb
+
+        items = {}
+        for kind, path in files.items():
+            suffix = Path(path).suffix.lstrip(".")
+            items[f"media/{kind}"] = (wandb.Image(str(path)) if suffix == "png"
+                                      else wandb.Video(str(path), format=suffix))
+        self._wandb.log(items, step=env_steps)
+
     def flush(self) -> None:
         """Make every row so far durable before a commit names their byte count."""
         for f in (self._f, self._perf):

@@ -1,5 +1,5 @@
-"""Configuration of the training loop: the `train` and `wandb` sections, `AgentRunConfig` (the part of the config
-tree that `agent.train.train` receives) and `RunContext` (see docs/interfaces.md). Free of jax, so the
+"""Configuration of the training loop: the `train`, `wandb` and `eval` sections, `AgentRunConfig` (the part of the
+config tree that `agent.train.train` receives) and `RunContext` (see docs/interfaces.md). Free of jax, so the
 orchestrator can build both before the entry point imports it."""
 
 from __future__ import annotations
@@ -57,6 +57,36 @@ class WandbConfig:
             raise ConfigError(f"wandb.mode={self.mode!r} must be offline, online or disabled")
 
 
+EVAL_POLICIES = ("mode", "sample")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation in envs of its own, from the current params at fixed env steps; never part of the trajectory
+    (not in the config digest: changing it still resumes the same run). Media land under `<run>/media/`."""
+
+    every: int = 0  # env steps between evaluations (at each multiple crossed); 0: off
+    episodes: int = 8  # episodes per evaluation; `eval/*` rows are their means
+    envs: int = 0  # eval envs stepped in lockstep in the trainer's process (memory!); 0: one per episode
+    policy: str = "mode"  # mode: argmax of the actor | sample: a draw from it (never `agent.act_explore`)
+    max_steps: int = 0  # cap per eval episode, counted as an unsuccessful end; 0: the env's own time limit
+    video: bool = True  # image envs: video of the first eval episode
+    dream: bool = True  # image envs: world-model open-loop video (real | reconstruction | imagined)
+    plot: bool = True  # vector envs: PNG of the first eval episode (observations, actions, rewards)
+    media_every: int = 0  # env steps between evaluations that make media (a multiple crossed); 0: every one
+    dream_context: int = 5  # steps the posterior sees before the world model imagines on
+    dream_steps: int = 45  # imagined steps after the context (fewer when the episode is shorter)
+    fps: int = 10
+
+    def __post_init__(self) -> None:
+        if min(self.every, self.envs, self.max_steps, self.media_every) < 0:
+            raise ConfigError(f"eval: every, envs, max_steps, media_every must be >= 0: {self}")
+        if min(self.episodes, self.dream_context, self.dream_steps, self.fps) < 1:
+            raise ConfigError(f"eval: episodes, dream_context, dream_steps, fps must be >= 1: {self}")
+        if self.policy not in EVAL_POLICIES:
+            raise ConfigError(f"eval.policy={self.policy!r} must be one of {list(EVAL_POLICIES)}")
+
+
 @dataclass(frozen=True)
 class AgentRunConfig:
     """What the training loop sees of the config tree."""
@@ -67,6 +97,7 @@ class AgentRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: ReplayConfig = field(default_factory=lambda: ReplayConfig(capacity=1_000_000))
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from agent.envs import VecEnv
 from agent.envs.config import EnvConfig
+from agent.evaluate import Evaluator
 from agent.learner import Learner, PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
 from agent.run_config import AgentRunConfig, RunContext
@@ -208,6 +209,8 @@ class _Loop:
         self.init = jax.jit(self.learner.init)
         self.run_id = "r2i-" + hashlib.sha256(ctx.durable_url.encode()).hexdigest()[:12]
         self.metrics = MetricsLog(Path(ctx.log_dir), cfg.wandb, self.run_id, owner_check=self.replay.check_writer)
+        # its own envs, seeds and keys: never part of the trajectory; media under <run>/media (log_dir's parent)
+        self.evaluator = Evaluator(cfg, Path(ctx.log_dir).parent, learner=self.learner)
 
     # --- state --------------------------------------------------------------------------------------------
     def _fresh(self) -> None:
@@ -291,6 +294,7 @@ class _Loop:
             return self._loop()
         finally:
             self.env.close()
+            self.evaluator.close()
             self.metrics.close()
             self.replay.close()
 
@@ -303,6 +307,7 @@ class _Loop:
                 log.info("stopped at env step %d with a commit", self.env_steps)
                 return "stopped"
             self._step()
+            self._maybe_evaluate()
             if self.env_steps // t.log_every > (self.env_steps - t.num_envs) // t.log_every:
                 self._log_row()
             # A due periodic commit waits (at most `replay.inner` - 1 steps) for the streams to end on a whole
@@ -366,6 +371,17 @@ class _Loop:
                 return
             m = jax.device_get(self.pending.popleft())
             self.train_mean.add({k: float(v) for k, v in m.items()})
+
+    def _maybe_evaluate(self) -> None:
+        """At each multiple of eval.every crossed: evaluate the params of this env step (see agent/evaluate.py).
+        A resume redoes an evaluation whose row the commit does not cover, with the same result."""
+        t0 = time.monotonic()
+        result = self.evaluator.maybe_run(self.state.params, self.env_steps, self.cfg.train.num_envs)
+        if result is None:
+            return
+        perf = {"perf/eval_s": time.monotonic() - t0, "perf/wall_time_s": self.wall_before + time.monotonic() - self.t0}
+        self.metrics.write(result.row(), perf)
+        self.metrics.log_media(self.env_steps, {k: self.evaluator.run_dir / v for k, v in result.media.items()})
 
     def _log_row(self) -> None:
         self._drain_metrics(wait=True)

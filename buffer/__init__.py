@@ -10,10 +10,10 @@ from .errors import (
                      ScratchError,
                      WriterFencedError,
 )
-from .replay import Replay, Restored, read_latest_manifest
+from .replay import Replay, Restored, read_latest_commit, read_latest_manifest
 
 __all__ = [
     "CorruptChunkError", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay", "ReplayConfig",
     "ReplayError", "Restored",
-    "Schema", "SchemaError", "ScratchError", "WriterFencedError", "read_latest_manifest",
+    "Schema", "SchemaError", "ScratchError", "WriterFencedError", "read_latest_commit", "read_latest_manifest",
 ]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from .codec import checksum
 from .config import schema_to_json
-from .durable import PACK_DIR, PAGE_DIR, chunk_key, manifest_key, pack_key
+from .durable import PACK_DIR, PAGE_DIR, Durable, chunk_key, manifest_key, pack_key
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, WriterFencedError
 from .manifest import (
     FORMAT_OF_CODEC,
@@ -49,6 +50,33 @@ class _Snapshot(NamedTuple):
     blobs: dict[str, bytes]
     # per stream, the jobs that encoded the tail's full inner chunks (encode_inner of every field, in order)
     tail_inner: dict[int, list] | None = None
+
+
+def read_pack(d: Durable, m: dict, mkey: str) -> tuple[bytes, Callable[[str], bytes]]:
+    """The pack of manifest `m`, verified, and a reader of its named parts (`blob/<name>`, `tail/<w>/<field>`).
+    A lost or damaged pack is a bad commit like a corrupt chunk: CorruptChunkError, so a restore falls back."""
+    pk = m["pack"]
+    try:
+        pack = d.get(pk["key"])
+    except DurableStoreError as e:
+        raise CorruptChunkError(f"pack {d.url}/{pk['key']} of manifest {mkey} is missing or unreadable: {e}",
+                                key=pk["key"], manifest=mkey) from e
+    if len(pack) != pk["nbytes"] or checksum(pack) != pk["crc"]:
+        raise CorruptChunkError(f"pack {d.url}/{pk['key']} of manifest {mkey} failed its checksum",
+                                key=pk["key"], manifest=mkey)
+    entries = pk["entries"]
+
+    def part(name: str) -> bytes:
+        off, n, crc = entries[name][:3]
+        assert checksum(pack[off:off + n]) == crc, (name, mkey)  # the pack checksum already covers it
+        return pack[off:off + n]
+
+    return pack, part
+
+
+def commit_blobs(m: dict, part: Callable[[str], bytes]) -> dict[str, bytes]:
+    """The caller's blobs of a commit, by name."""
+    return {name: part(f"blob/{name}") for name in m["blobs"]}
 
 
 class Persistence:
@@ -266,22 +294,8 @@ class Persistence:
 
     def _load(self, m: dict, mkey: str) -> tuple[dict[str, bytes], dict]:
         pk = m["pack"]
-        try:
-            pack = self._durable.get(pk["key"])
-        except DurableStoreError as e:  # a lost pack is a bad commit like a corrupt chunk: fall back past it
-            raise CorruptChunkError(f"pack {self._durable.url}/{pk['key']} of manifest {mkey} is missing or "
-                                    f"unreadable: {e}", key=pk["key"], manifest=mkey) from e
-        if len(pack) != pk["nbytes"] or checksum(pack) != pk["crc"]:
-            raise CorruptChunkError(f"pack {self._durable.url}/{pk['key']} of manifest {mkey} failed its "
-                                    "checksum",
-                                    key=pk["key"], manifest=mkey)
+        pack, part = read_pack(self._durable, m, mkey)
         entries = pk["entries"]
-
-        def part(name: str) -> bytes:
-            off, n, crc = entries[name][:3]
-            assert checksum(pack[off:off + n]) == crc, (name, mkey)  # the pack checksum already covers it
-            return pack[off:off + n]
-
         self._reset_state()
         self._t, self._lo, self._k_lo, self._k_hi = m["t"], m["lo"], m["k_lo"], m["k_hi"]
         self._k_durable = self._k_hi
@@ -302,7 +316,7 @@ class Persistence:
             for j, f in enumerate(self.fields):
                 rest = part(f"tail/{w}/{f}") if f"tail/{w}/{f}" in entries else b""
                 self.codec.decode_tail(heads[j] + rest, self._tail[f][w, :n])
-        return {name: part(f"blob/{name}") for name in m["blobs"]}, m["extra"]
+        return commit_blobs(m, part), m["extra"]
 
     def _sweep_durable(self, ms: list, parsed: dict[str, dict], listing: dict[str, int]) -> None:
         """Delete chunks and packs no manifest references (a crashed or fenced writer's unfinished commit)."""

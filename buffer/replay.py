@@ -23,7 +23,7 @@ from .errors import (
     ScratchError,
 )
 from .manifest import Head, ShardInfo, check_compatible, object_ids, object_keys
-from .persist import Persistence, _Snapshot
+from .persist import Persistence, _Snapshot, commit_blobs, read_pack
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
 from .scratchlock import ScratchLock
@@ -538,4 +538,25 @@ def read_latest_manifest(durable: str, with_tables: bool = False) -> dict | None
                 m.pop(bulk, None)
         m["key"] = mkey
         return m
+    return None
+
+
+def read_latest_commit(durable: str) -> Restored | None:
+    """The newest commit's `extra` and blobs, read-only: no writer token is taken and nothing in the store is
+    written, moved or deleted, so it is safe beside a running writer (evaluation, inspection tools). Replay data
+    is not read. A commit whose manifest or pack cannot be read (e.g. collected by the writer meanwhile) is
+    skipped for the next older one; None on a store without commits."""
+    d = Durable(durable, create=False)
+    ms = d.manifests()
+    errors = []
+    for _c, _g, mkey in ms:
+        try:
+            m = d.read_json(mkey)
+            _pack, part = read_pack(d, m, mkey)
+        except (DurableStoreError, CorruptChunkError, ValueError) as e:
+            errors.append(f"{mkey}: {e}")
+            continue
+        return Restored(m["commit"], m["extra"], commit_blobs(m, part))
+    if errors:
+        raise DurableStoreError(f"none of the {len(ms)} commits in {durable} could be read; newest: {errors[0]}")
     return None

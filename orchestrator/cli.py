@@ -1,8 +1,9 @@
-"""`python -m orchestrator <submit|status|report|cancel|resume>` (console script `r2i`), called by the Makefile."""
+"""`python -m orchestrator <submit|status|report|cancel|resume|eval>` (console script `r2i`), called by the Makefile."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,48 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="resubmit the runs that are neither done nor queued")
     r.add_argument("--sweep", required=True)
     r.add_argument("--detach", action="store_true")
+    e = sub.add_parser("eval", help="evaluate the newest commit of a run, read-only -> <run>/eval/<commit>.json")
+    e.add_argument("--run", required=True, type=Path,
+                   help="the run folder: a path, or <sweep>/<run> under the sweeps root")
+    e.add_argument("--episodes", type=_positive, default=None, help="default: the run's eval.episodes")
+    e.add_argument("--seed", type=int, default=None,
+                   help="derive the eval envs and keys from this seed (default: the run's, which repeats the "
+                        "evaluation the run logged at that env step)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return n
+
+
+def _evaluate(run: Path, root: Path | None, episodes: int | None, seed: int | None) -> None:
+    """`make eval`: the newest commit of a run, evaluated without writing to its durable store."""
+    from buffer import DurableStoreError
+    from orchestrator.config import agent_run_config, load_run_config
+    from orchestrator.sweep import SweepError, run_paths, run_root
+
+    run_dir = run if (run / "config.yaml").exists() else (root or run_root()) / run
+    if not (run_dir / "config.yaml").exists():
+        raise SweepError(f"{run} is not a run folder (no config.yaml there, nor under {root or run_root()})")
+    run_dir = run_dir.resolve()
+    cfg = load_run_config(run_dir / "config.yaml")
+    paths = run_paths(cfg, run_dir.parent, run_dir.name).resolved()
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(run_dir.parent / ".jax-cache"))  # the sweep's, as jobs
+    from agent.evaluate import EvalError, evaluate_commit
+
+    try:
+        result, path = evaluate_commit(agent_run_config(cfg), paths.durable, run_dir, episodes, seed)
+    except (EvalError, DurableStoreError) as err:
+        raise SweepError(str(err)) from err
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.row().items() if k != "env_steps")
+    print(f"commit {result.commit} at env step {result.env_steps}: {len(result.returns)} episodes, {summary}")
+    print(f"wrote {path}" + "".join(f"\n      {run_dir / m}" for m in result.media.values()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.cluster, args.profile, args.detach)
         elif args.cmd == "resume":
             launch.resume(args.sweep, root=args.root, detach=args.detach)
+        elif args.cmd == "eval":
+            _evaluate(args.run, args.root, args.episodes, args.seed)
         elif args.cmd == "cancel":
             ids = launch.cancel(args.sweep, root=args.root)
             print(f"cancelled: {', '.join(ids) or 'nothing was running'}")

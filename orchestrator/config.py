@@ -1,4 +1,4 @@
-"""The validated config tree: `seed, agent, env, train, replay, wandb` (the agent's part), `run`, `cluster`.
+"""The validated config tree: `seed, agent, env, train, replay, wandb, eval` (the agent's part), `run`, `cluster`.
 
 Every section is a dataclass; `validate` merges a composed hydra config into the structured schema, so unknown
 keys and wrong types are errors naming the key, and the sections' own `__post_init__` checks run.
@@ -88,7 +88,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class RootConfig(AgentRunConfig):
-    """The whole tree: what the training loop sees (`seed, agent, env, train, replay, wandb`) plus `run`, `cluster`."""
+    """The whole tree: what the training loop sees (`seed, agent, env, train, replay, wandb, eval`) plus `run` and
+    `cluster`."""
 
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -78,6 +78,10 @@ class _Slot:
             stats = EpisodeStats(self.index, self.episode, self.ret, self.length, self.env.success)
         return self._row(obs, reward, False, last, terminated or (truncated and self.truncation_is_terminal)), stats
 
+    def restart(self, seed_episode: tuple[int, int]) -> Row:
+        self.seed, self.episode = seed_episode[0], seed_episode[1] - 1
+        return self.reset()
+
     def snapshot(self) -> bytes:
         if self.last is None:
             raise EnvError(f"env {self.index}: snapshot before the first reset")
@@ -251,6 +255,14 @@ class VecEnv:
     def reset(self) -> Batch:
         """Start the next episode of every env (once, on a fresh VecEnv): each (W, ...), is_first all True."""
         return self._stack(self._call("reset"))
+
+    def restart(self, seed: int, episode: int = 0) -> Batch:
+        """Start episode `episode` of a run seeded `seed` in every env, whatever they did before (evaluation
+        reuses its envs, which are slow to build, for episodes of many seeds); like `reset` otherwise."""
+        if min(seed, episode) < 0:
+            raise ValueError(f"restart: seed={seed} and episode={episode} must be >= 0")
+        self.seed = seed
+        return self._stack(self._call("restart", [(seed, episode)] * self.num_envs))
 
     def step(self, actions) -> tuple[Batch, list[EpisodeStats]]:
         """actions (W,) ints -> (batch, finished episodes in env order).

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from agent.config import agent_config_from
 from agent.envs import EnvConfig
-from agent.run_config import AgentRunConfig, TrainConfig, WandbConfig
+from agent.run_config import AgentRunConfig, EvalConfig, TrainConfig, WandbConfig
 from agent.train import RunContext, train, updates_due
 from buffer import Replay, ReplayConfig
 
@@ -25,15 +25,17 @@ ENVS = {
 }
 
 
-def make_cfg(env: str, steps: int = 96, **train_kw) -> AgentRunConfig:
-    """A run small enough for 2 CPU cores: tiny widths, 2 in-process envs, 8 updates."""
+def make_cfg(env: str, steps: int = 96, evaluate: bool = False, **train_kw) -> AgentRunConfig:
+    """A run small enough for 2 CPU cores: tiny widths, 2 in-process envs, 8 updates; `evaluate`: 3 eval
+    episodes on 2 envs every 32 env steps (at 32, 64, 96)."""
     agent = agent_config_from(OmegaConf.load(REPO / "experiments" / "agent" / "tiny.yaml"))
     kw = dict(steps=steps, num_envs=2, env_processes=False, train_ratio=32, batch=2, length=8, prefill=32,
               commit_every_min=60.0, log_every=16)
     kw.update(train_kw)
     return AgentRunConfig(seed=3, agent=agent, env=ENVS[env], train=TrainConfig(**kw),
                           replay=ReplayConfig(capacity=4096, chunk=16, inner=8, prefetch=1, threads=1, fsync=False),
-                          wandb=WandbConfig(mode="disabled"))
+                          wandb=WandbConfig(mode="disabled"),
+                          eval=EvalConfig(every=32 if evaluate else 0, episodes=3, envs=2))
 
 
 def make_ctx(root: Path, stop_after: int | None = None, token: str = "t0") -> RunContext:
@@ -68,13 +70,16 @@ def _obs_spec(cfg: AgentRunConfig) -> dict:
         env.close()
 
 
-def assert_same(a: dict, b: dict) -> None:
+def assert_same(a: dict, b: dict, metrics: bool = True) -> None:
     assert a["blobs"].keys() == b["blobs"].keys()
     for k in a["blobs"]:
         assert a["blobs"][k] == b["blobs"][k], f"blob {k} differs"
-    assert a["loop"] == b["loop"]
+    if metrics:
+        assert a["metrics"] == b["metrics"]
+        assert a["loop"] == b["loop"]
+    else:  # all but the size of metrics.jsonl
+        assert {**a["loop"], "metrics_bytes": 0} == {**b["loop"], "metrics_bytes": 0}
     assert a["info"] == b["info"]
-    assert a["metrics"] == b["metrics"]
     for da, db in zip(a["data"], b["data"], strict=True):
         for f in da:
             np.testing.assert_array_equal(da[f], db[f], err_msg=f)
@@ -86,22 +91,41 @@ def test_updates_follow_the_train_ratio() -> None:
     assert updates_due(96, replace(cfg, train=replace(cfg.train, train_ratio=1))) == 4
 
 
-# A lag lets updates run while the envs step: the policy then acts with older params, which the commit must carry.
+@pytest.fixture(scope="module")
+def tmaze_eval_run(tmp_path_factory) -> tuple[Path, AgentRunConfig, dict]:
+    """A straight T-Maze run with evaluation on, shared by the tests that compare against it: (run folder,
+    config, final state). The folder is laid out as a run folder (config.yaml, logs/, durable/) for `make eval`."""
+    from orchestrator.config import RootConfig, to_yaml
+
+    root = tmp_path_factory.mktemp("tmaze-eval") / "run"
+    cfg = make_cfg("tmaze", evaluate=True)
+    assert train(cfg, make_ctx(root)) == "done"
+    (root / "config.yaml").write_text(to_yaml(RootConfig(**vars(cfg))))
+    return root, cfg, final_state(root, cfg)
+
+
+# With evaluation on (T-Maze: at 32, 64, 96, the stop falls between the first two), and with a policy lag: the
+# updates then run while the envs step, the policy acts with older params, and the commit must carry those.
 @pytest.mark.parametrize("env, train_kw", [("tmaze", {}), ("popgym", {}), ("tmaze", {"policy_lag": 2}),
                                            ("popgym", {"policy_lag": 1, "env_processes": True})])
-def test_stop_and_resume_in_a_new_process_is_bit_identical(tmp_path: Path, env: str, train_kw: dict) -> None:
-    cfg = make_cfg(env, **train_kw)
-    assert train(cfg, make_ctx(tmp_path / "straight")) == "done"
-    reference = final_state(tmp_path / "straight", cfg)
+def test_stop_and_resume_in_a_new_process_is_bit_identical(tmp_path: Path, env: str, train_kw: dict,
+                                                            request) -> None:
+    evaluate = env == "tmaze" and not train_kw
+    cfg = make_cfg(env, evaluate=evaluate, **train_kw)
+    if evaluate:
+        reference = request.getfixturevalue("tmaze_eval_run")[2]
+    else:
+        assert train(cfg, make_ctx(tmp_path / "straight")) == "done"
+        reference = final_state(tmp_path / "straight", cfg)
     assert reference["loop"]["env_steps"] == 96 and reference["loop"]["updates"] == updates_due(96, cfg)
-    assert reference["metrics"].count(b"\n") == 96 // 16
+    assert reference["metrics"].count(b"\n") == 96 // 16 + (3 if evaluate else 0)
     assert ("policy_params" in reference["blobs"]) == bool(cfg.train.policy_lag)
 
     # Stop mid-episode (iteration 23: T-Maze episodes last 7 steps), then finish in a fresh interpreter.
     root = tmp_path / "interrupted"
     assert train(cfg, make_ctx(root, stop_after=23)) == "stopped"
     code = ("import sys; from tests.agent.test_train import make_cfg, make_ctx, train; from pathlib import Path; "
-            f"cfg = make_cfg({env!r}, **{train_kw!r}); "
+            f"cfg = make_cfg({env!r}, evaluate={evaluate}, **{train_kw!r}); "
             f"sys.exit(0 if train(cfg, make_ctx(Path({str(root)!r}), token='t1')) == 'done' else 1)")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=600)
     assert_same(final_state(root, cfg), reference)
@@ -120,6 +144,29 @@ def test_a_policy_lag_acts_with_older_params(tmp_path: Path) -> None:
         np.testing.assert_array_equal(runs[0]["data"][w]["action"][:first], runs[1]["data"][w]["action"][:first])
     assert runs[0]["blobs"]["policy_carry"] != runs[1]["blobs"]["policy_carry"]
     assert runs[0]["loop"]["updates"] == runs[1]["loop"]["updates"]
+
+
+def test_evaluation_does_not_change_the_trajectory(tmp_path: Path, tmaze_eval_run) -> None:
+    run_dir, cfg_on, with_eval = tmaze_eval_run
+    cfg_off = make_cfg("tmaze")
+    assert train(cfg_off, make_ctx(tmp_path)) == "done"
+    without = final_state(tmp_path, cfg_off)
+    assert_same(without, with_eval, metrics=False)  # agent state, policy carry, envs, counters, key, replay
+    rows = [json.loads(line) for line in with_eval["metrics"].splitlines()]
+    evals = [r for r in rows if "eval/return" in r]
+    assert [r["env_steps"] for r in evals] == [32, 64, 96]
+    assert all(set(r) == {"env_steps", "eval/return", "eval/length", "eval/success"} for r in evals)
+    assert all(r["eval/length"] == 7 and r["eval/success"] in (0, 1 / 3, 2 / 3, 1) for r in evals)  # L=6 passive
+    # the training rows are the same bytes: evaluation adds its own rows and changes no other
+    assert b"".join(line for line in with_eval["metrics"].splitlines(keepends=True)
+                    if b"eval/" not in line) == without["metrics"]
+    assert sorted(p.name for p in (run_dir / "media").iterdir()) == [
+        f"eval_{s:010d}_episode.png" for s in (32, 64, 96)]
+    from PIL import Image
+
+    with Image.open(run_dir / "media" / "eval_0000000096_episode.png") as im:
+        assert im.format == "PNG" and im.size == (640, 480)
+        im.verify()
 
 
 def test_rows_after_the_last_commit_are_redone_not_duplicated(tmp_path: Path) -> None:
@@ -151,3 +198,42 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
     other = replace(cfg, seed=4)
     with pytest.raises(ResumeError, match="another config"):
         train(other, make_ctx(tmp_path, token="t1"))
+
+
+def test_make_eval_evaluates_the_newest_commit_read_only(tmaze_eval_run, capsys) -> None:
+    from agent.evaluate import EvalResult
+    from buffer import read_latest_manifest
+    from orchestrator.cli import main
+
+    run_dir, cfg, reference = tmaze_eval_run
+    durable = run_dir / "durable"
+
+    def store() -> dict:
+        return {str(p.relative_to(durable)): p.read_bytes() if p.is_file() else None for p in durable.rglob("*")}
+
+    before = store()
+    commit = read_latest_manifest(str(durable))["commit"]
+    assert main(["eval", "--run", str(run_dir)]) == 0
+    assert store() == before, "make eval wrote to the durable store"
+    assert f"commit {commit} at env step 96: 3 episodes" in capsys.readouterr().out
+    result = EvalResult.from_json(json.loads((run_dir / "eval" / f"{commit:010d}.json").read_text()))
+    assert EvalResult.from_json(result.to_json()) == result
+    assert (result.commit, result.env_steps, result.seed, result.policy) == (commit, 96, 3, "mode")
+    # the run's seed at the commit's env step: the very evaluation the run logged there
+    logged = [json.loads(line) for line in reference["metrics"].splitlines()]
+    assert result.row() == next(r for r in logged if "eval/return" in r and r["env_steps"] == 96)
+    assert result.media == {"episode": f"eval/{commit:010d}_episode.png"} and (run_dir / result.media["episode"]).stat()
+
+    assert main(["eval", "--run", str(run_dir), "--episodes", "2", "--seed", "11"]) == 0
+    assert store() == before
+    other = EvalResult.from_json(json.loads((run_dir / "eval" / f"{commit:010d}.json").read_text()))
+    assert (other.seed, len(other.returns), len(other.lengths)) == (11, 2, 2)
+    assert main(["eval", "--run", str(run_dir / "nowhere")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    from agent.evaluate import EvalError, evaluate_commit
+
+    with pytest.raises(EvalError, match="another config"):  # config.yaml edited after the run started
+        evaluate_commit(replace(cfg, seed=4), str(durable), run_dir)
+    with pytest.raises(EvalError, match="no commit yet"):
+        evaluate_commit(cfg, str(run_dir / "no-durable"), run_dir)
+    assert store() == before and not (run_dir / "no-durable").exists()
