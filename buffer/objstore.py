@@ -38,8 +38,11 @@ class S3Objects:
     def __init__(self, bucket: str):
         endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
         self.bucket, self.endpoint = bucket, endpoint or "AWS"
-        self.store = S3Store(bucket, client_options={"allow_http": endpoint.startswith("http://")},
-                             retry_config=_RETRY)
+        try:
+            self.store = S3Store(bucket, client_options={"allow_http": endpoint.startswith("http://")},
+                                 retry_config=_RETRY)
+        except (BaseError, OSError, ValueError) as e:
+            raise self._err(e, f"opening s3://{bucket}") from None
 
     def _key(self, path: str) -> str:
         bucket, _, key = path.partition("/")
@@ -49,7 +52,8 @@ class S3Objects:
 
     def _err(self, e: BaseException, what: str) -> OSError:
         msg = _one_line(e)
-        if "169.254.169.254" in msg or "credential" in msg.lower():
+        # no keys in the environment: obstore asks the instance metadata service, or names the missing half
+        if "169.254.169.254" in msg or any(w in msg.lower() for w in ("credential", "accesskey")):
             return PermissionError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): "
                                    f"{msg}")
         if "NoSuchBucket" in str(e):
