@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # moto's S3 server for the s3:// durable-tier tests, in a venv of its own: it needs botocore, whose python-dateutil
-# cap conflicts with the main lock (tests/buffer/conftest.py starts it)
+# cap conflicts with the main lock (tests/s3_server.py starts it)
 S3_SERVER := $(VENV)/s3-server
 # The interpreter that builds the venv; the lock was resolved for CPython 3.11.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)

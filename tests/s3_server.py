@@ -1,4 +1,5 @@
-"""An S3 protocol server for the s3:// durable-tier tests: moto's, on 127.0.0.1, for the whole test session.
+"""An S3 protocol server for the s3:// tests: moto's, on 127.0.0.1, for the whole test session (fixtures that
+tests/conftest.py imports).
 
 moto lives in a venv of its own (`make setup` builds <venv>/s3-server from requirements-s3-server.lock): it
 needs botocore, whose python-dateutil cap conflicts with the project's pins. The tests talk to it over HTTP
