@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from buffer import DurableStoreError, WriterFencedError
+from buffer import CorruptChunkError, DurableStoreError, WriterFencedError
 from buffer.durable import Durable
 from buffer.manifest import load_pages, object_keys
 from buffer.objstore import S3Objects
@@ -143,7 +143,8 @@ def test_a_second_writer_process_fences_the_first_on_s3(tmp_path, s3_url):
     assert first.close() == "closed"
 
 
-def test_a_corrupt_object_on_s3_is_quarantined_and_restore_falls_back(tmp_path, s3_url):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_corrupt_object_on_s3_is_quarantined_and_restore_falls_back(tmp_path, s3_url, lazy):
     r = make_replay(str(tmp_path / "s"), s3_url, token="w1", **KW)
     fill(r, 0, 40)
     r.commit({"i": 40}, {"state": b"40"})
@@ -156,6 +157,13 @@ def test_a_corrupt_object_on_s3_is_quarantined_and_restore_falls_back(tmp_path, 
     data = bytearray(d.get(bad))
     data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
     d.put(bad, bytes(data))
+    if lazy:  # restore trusts sizes; the background fetch finds the damage and the next call reports it
+        r1 = make_replay(str(tmp_path / "s1"), s3_url, token="w1b", **KW)
+        assert r1.restore().commit_id == 2
+        r1._lazy_thread.join()
+        with pytest.raises(CorruptChunkError, match=rf"{bad}.*manifests/0000000002-000001.json"):
+            r1.add(make_step(70, 2))
+        r1.close()
     r2 = make_replay(str(tmp_path / "s2"), s3_url, token="w2", lazy=False, **KW)
     got = r2.restore()
     assert (got.commit_id, got.extra, got.blobs, r2.info) == (1, {"i": 40}, {"state": b"40"}, info1)
