@@ -111,8 +111,8 @@ class Durable:
                 raise DurableStoreError(f"durable URL {url!r} is not writable: {e}") from e
             if not self.exclusive:
                 log.warning("%s does not refuse a create-only PUT of a taken name (If-None-Match): manifests are "
-                            "published after a HEAD instead, and a writer fenced between its HEAD and its PUT "
-                            "can replace a manifest of the same name", url)
+                            "published after a HEAD instead, so two writers that raced to one generation can "
+                            "replace each other's manifest of one commit", url)
         self.root = self.root.rstrip("/") if self.root != "/" else self.root
         if self.local and create:
             parent = os.path.dirname(os.path.abspath(self.root))
