@@ -6,6 +6,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# moto's S3 server for the s3:// durable-tier tests, in a venv of its own: it needs botocore, whose python-dateutil
+# cap conflicts with the main lock (tests/s3_server.py starts it)
+S3_SERVER := $(VENV)/s3-server
 # The interpreter that builds the venv; the lock was resolved for CPython 3.11.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
@@ -43,11 +46,13 @@ help: ## list the targets
 
 setup: $(STAMP) ## create .venv from requirements.lock (idempotent; redone when the lock or pyproject changes)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-s3-server.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, found {sys.version.split()[0]} at {sys.executable}; set PYTHON=/path/to/python3.11"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@test -x $(S3_SERVER)/bin/python || $(PYTHON) -m venv $(S3_SERVER)
+	$(S3_SERVER)/bin/python -m pip install -q --disable-pip-version-check -r requirements-s3-server.lock
 	@touch $@
 
 lock: ## re-resolve requirements.in into requirements.lock (in a scratch venv)

@@ -1,4 +1,4 @@
-"""Durable tier: objects, manifests and the writer token behind any fsspec URL.
+"""Durable tier: objects, manifests and the writer token behind a folder, an fsspec URL or s3://bucket/prefix.
 
 Layout under the root:
   writer.json                          current writer {token, generation}; a newer writer fences older ones
@@ -31,6 +31,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import DurableStoreError, WriterFencedError
+from .objstore import S3Objects
 
 log = logging.getLogger(__name__)
 MANIFEST_DIR, CHUNK_DIR, PACK_DIR, PAGE_DIR, QUARANTINE_DIR = "manifests", "chunks", "packs", "tables", "quarantine"
@@ -78,6 +79,17 @@ def _parse_manifest_name(name: str) -> tuple[int, int] | None:
     return (int(a), int(b)) if a.isdigit() and b.isdigit() else None
 
 
+def _s3(url: str) -> tuple[S3Objects, str]:
+    """The transport and root ("bucket/prefix") of an s3:// URL, after one LIST that proves the bucket is there
+    and the credentials work: a run that cannot commit should fail at open, not at its first commit."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError("no bucket in the URL (s3://bucket/prefix)")
+    fs = S3Objects(bucket)
+    fs.check_bucket()
+    return fs, f"{bucket}/{prefix}".rstrip("/")
+
+
 class Durable:
     """Thin, typed wrapper of one fsspec filesystem rooted at `url`. Keys are '/'-separated and relative."""
 
@@ -85,11 +97,22 @@ class Durable:
         if not url:
             raise DurableStoreError("durable URL is empty")
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(url)
-        except (ValueError, ImportError) as e:
+            self.fs, self.root = _s3(url) if url.startswith("s3://") else fsspec.core.url_to_fs(url)
+        except (ValueError, ImportError, OSError) as e:
             raise DurableStoreError(f"durable URL {url!r}: {e}") from e
         self.url, self.fsync = url, fsync
         self.local = isinstance(self.fs, LocalFileSystem)
+        # False where the store overwrites a name on a create-only PUT: publish() then looks before it writes
+        self.exclusive = True
+        if isinstance(self.fs, S3Objects) and create:
+            try:
+                self.exclusive = self.fs.refuses_second_create(self.root)
+            except OSError as e:
+                raise DurableStoreError(f"durable URL {url!r} is not writable: {e}") from e
+            if not self.exclusive:
+                log.warning("%s does not refuse a create-only PUT of a taken name (If-None-Match): manifests are "
+                            "published after a HEAD instead, so two writers that raced to one generation can "
+                            "replace each other's manifest of one commit", url)
         self.root = self.root.rstrip("/") if self.root != "/" else self.root
         if self.local and create:
             parent = os.path.dirname(os.path.abspath(self.root))
@@ -135,14 +158,18 @@ class Durable:
 
         Locally that is tmp + fsync, check, link(tmp, key): the check is two syscalls away from the publish. On
         a filesystem without hard links the last step is an exists() test and a rename (not exclusive). Elsewhere it
-        is check, then one create-only PUT (`pipe_file(mode="create")`): exclusive on stores with conditional writes
-        (s3fs If-None-Match, the memory fs), exists() then PUT on the rest.
+        is check, then one create-only PUT (`pipe_file(mode="create")`): on s3:// a PUT with `If-None-Match: *`,
+        which the store refuses (412) when the name is taken, or, on a store found at open to ignore that header,
+        a HEAD then a plain PUT (not exclusive); fsspec filesystems do what their mode="create" does (exclusive on
+        the memory fs).
         """
         p = self.path(key)
         if not self.local:
             check()
             try:
-                self.fs.pipe_file(p, data, mode="create")
+                if not self.exclusive and self.fs.exists(p):
+                    raise FileExistsError(errno.EEXIST, "exists", p)
+                self.fs.pipe_file(p, data, mode="create" if self.exclusive else "overwrite")
             except FileExistsError:
                 raise
             except OSError as e:

@@ -60,6 +60,10 @@ def check_durable(url: str) -> None:
             p.mkdir(parents=True, exist_ok=True)
             if not os.access(p, os.W_OK):
                 raise OSError(f"{p} is not writable")
+        elif url.startswith("s3://"):
+            from buffer.durable import Durable
+
+            Durable(url)  # the bucket, the credentials and a probe PUT: what the jobs' commits will need
         else:
             import fsspec
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import s3_endpoint, s3_url  # noqa: F401 - fixtures of every test folder
+
 # Before anything imports jax: XLA compiles are the bulk of test time on 2 cores, and many tests (and the
 # subprocesses they start, which inherit this) compile the same tiny programs. A cache hit is the same binary.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "r2i-jax-cache"))

@@ -1,0 +1,65 @@
+"""A run whose durable store is on S3 (the moto server of tests/s3_server.py), end to end through the CLI and the
+local executor: Ctrl-C commits to the bucket, the same command resumes from it to the uninterrupted result, and
+status reads the progress from it; a bucket that does not exist submits nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from orchestrator.cli import main
+from orchestrator.config import REPO_ROOT
+from orchestrator.status import latest_commit
+from tests.orchestrator.orch_workload import WORKLOAD, final_learner
+
+CLI = [sys.executable, "-m", "orchestrator"]
+
+
+def submit_cmd(root, durable: str, steps: int) -> list[str]:
+    return CLI + ["submit", "--exp", "smoke", "--seeds", "5", "--sweep", "e2e", "--cluster", "local", "--args",
+                  f"train.steps={steps} train.log_every=25 run.entry={WORKLOAD} run.root={root} "
+                  f"cluster.durable={durable}"]
+
+
+def test_a_run_on_s3_stops_with_a_commit_and_resumes_from_the_bucket(root, s3_url, monkeypatch):
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.01")
+    run, durable = root / "e2e" / "s5", f"{s3_url}/e2e/s5"
+    # own session and SIGINT at its default, as under a terminal (see test_orch_local_e2e)
+    cli = subprocess.Popen(submit_cmd(root, s3_url, 600), cwd=REPO_ROOT, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not ((run / "logs" / "metrics.jsonl").exists() and (run / "submissions.jsonl").exists()) \
+            and cli.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(cli.pid, signal.SIGINT)
+    out, _ = cli.communicate(timeout=120)
+    assert cli.returncode == 0, out
+    assert "stopping at the next step boundary" in out, out
+    assert not (run / "durable").exists()  # every commit went to the bucket
+    steps = latest_commit(durable)["extra"]["progress"]["env_steps"]
+    assert 0 < steps < 600
+
+    again = subprocess.run(submit_cmd(root, s3_url, 600), cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout
+    assert json.loads((run / "state.json").read_text())["state"] == "done"
+    learner = json.loads((run / "logs" / "final_learner.json").read_text())
+    assert learner == json.loads(json.dumps(final_learner(5, 600)))
+    status = subprocess.run(CLI + ["--root", str(root), "status", "--sweep", "e2e", "--json"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    row = json.loads(status.stdout)["runs"][0]
+    assert (row["state"], row["env_steps"]) == ("DONE", 600)
+
+
+def test_a_missing_bucket_is_named_and_nothing_is_submitted(root, s3_endpoint, capsys):
+    assert main(["submit", "--cluster", "local", "--exp", "smoke", "--args",
+                 "cluster.durable=s3://no-such-bucket/sweeps"]) == 2
+    err = capsys.readouterr().err
+    assert "bucket 'no-such-bucket' does not exist" in err and err.count("\n") <= 1, err
+    assert not root.exists() or not any(root.iterdir())
