@@ -100,6 +100,16 @@ def device_fingerprint() -> dict[str, Any]:
     return fp
 
 
+DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+
+
+def pin_xla_flags(flags: str) -> str:
+    """`flags` plus the flags exact resume needs on a GPU, unless the user set those flags otherwise."""
+    names = {f.split("=", 1)[0] for f in flags.split()}
+    extra = [f for f in DETERMINISTIC_XLA_FLAGS if f.split("=", 1)[0] not in names]
+    return " ".join([*flags.split(), *extra])
+
+
 def resolve_entry(spec: str) -> Callable[..., str]:
     """`package.module:function` -> the function."""
     module, _, name = spec.partition(":")
@@ -159,6 +169,9 @@ def run_job(run_dir: str) -> str:
     # Before the entry imports jax: a requeued attempt (and every other seed of the sweep) loads its XLA programs
     # from this cache instead of recompiling them, so it reaches its first step, and can answer a signal, sooner.
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(run_dir).parent / ".jax-cache"))
+    # The cached programs also pin XLA's GPU autotuning choices across attempts; this pins the kernels that would
+    # otherwise reduce in a run-dependent order (scatter-add, some convolution algorithms). No effect on CPU.
+    os.environ["XLA_FLAGS"] = pin_xla_flags(os.environ.get("XLA_FLAGS", ""))
     ctx = RunContext(scratch_dir=paths.scratch, durable_url=paths.durable, log_dir=str(paths.logs),
                      writer_token=f"{job_id}.{restart}.{uuid.uuid4().hex[:8]}", should_stop=flag)
     try:

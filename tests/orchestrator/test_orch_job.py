@@ -210,3 +210,13 @@ def test_a_chunk_corrupted_on_disk_is_requeued_and_the_rerun_ends_in_the_uninter
     assert run_job(run_dir) == "done"
     got = json.loads((root / "job" / "s3" / "logs" / "final_learner.json").read_text())
     assert got == json.loads(json.dumps(final_learner(3, 400)))
+
+
+def test_gpu_determinism_flags_are_added_once_and_a_users_choice_is_kept() -> None:
+    from orchestrator.job import pin_xla_flags
+
+    assert pin_xla_flags("") == "--xla_gpu_deterministic_ops=true"
+    assert pin_xla_flags("--xla_force_host_platform_device_count=2") == (
+        "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true")
+    assert pin_xla_flags(pin_xla_flags("")) == "--xla_gpu_deterministic_ops=true"
+    assert pin_xla_flags("--xla_gpu_deterministic_ops=false") == "--xla_gpu_deterministic_ops=false"
