@@ -475,8 +475,10 @@ class Replay(Persistence):
                     if listing.get(key) != size:
                         found = "is missing" if key not in listing else f"has {listing[key]} bytes instead of {size}"
                         what = {PACK_DIR: "pack", PAGE_DIR: "page"}.get(key.split("/", 1)[0], "chunk")
+                        problem = "missing" if key not in listing else \
+                            "truncated" if listing[key] < size else "size mismatch"
                         raise CorruptChunkError(f"durable {what} {d.url}/{key} referenced by manifest {mkey} "
-                                                f"{found}", key=key, manifest=mkey)
+                                                f"{found}", key=key, manifest=mkey, kind=what, problem=problem)
                 blobs, extra = self._load(m, mkey)
                 if not self.cfg.lazy:
                     jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]
