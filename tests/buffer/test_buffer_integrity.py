@@ -1,7 +1,7 @@
 """Every trusted byte of the durable store: one bit flipped at each position class of each durable object kind,
 each object truncated, a stale and a duplicated object. A restore falls back to the older commit that does not
 need the object (and says so in `skipped`), raises an error naming it, or, where the damage is provably
-harmless, restores the undamaged state bit for bit; `check_store` (what `orchestrator.verify` reports) names the
+harmless, restores the undamaged state bit for bit; `python -m orchestrator.verify` (`check_store`) names the
 object, its kind and what is wrong.
 
 The store: 2 streams, shards of 16 steps, inner chunks of 4, pages of 2 shards, three commits:
@@ -12,18 +12,23 @@ The store: 2 streams, shards of 16 steps, inner chunks of 4, pages of 2 shards, 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError, check_store
 from buffer.durable import Durable
 from buffer.integrity import parse_manifest
 from buffer.manifest import decode_heads, decode_tables, head_file_bytes
+from orchestrator.verify import main as verify
 from tests.buffer.buffer_helpers import make_replay, make_step, read_manifest
 
 W, CHUNK, INNER = 2, 16, 4
@@ -155,7 +160,13 @@ def check(store: dict, tmp: Path, damage, key: str, expect: str, kind: str | Non
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(store["d"], d)
     damage(d)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = verify([str(d)])
+    report = json.loads(out.getvalue())["damage"]
     found = {x.key: x for x in check_store(str(d))}
+    assert report == [x.to_json() for x in found.values()] and rc == (1 if found else 0), (label, rc, report)
+    assert all(f"damaged {x.kind} {x.key}: {x.problem}" in err.getvalue() for x in found.values()), label
     if kind is None:
         assert key not in found, (label, found)
     else:
@@ -332,3 +343,29 @@ def test_a_damaged_or_stale_writer_token(store, tmp_path):
         r.commit({})
     r.close()
     assert Durable(str(d)).take_over("w3") == 3  # above every published generation, not the stale token's + 1
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_a_bit_flipped_anywhere_is_found_and_never_restored_as_another_state(store, tmp_path_factory, data):
+    """Any file of the store, any byte, any bit: verify names the file (unless the flip parses to the same
+    manifest), and a restore gives one commit's exact state (an older one only naming the file) or an error
+    naming it."""
+    files = sorted(str(p.relative_to(store["d"])) for p in store["d"].rglob("*") if p.is_file())
+    key = data.draw(st.sampled_from(files), "file")
+    body = (store["d"] / key).read_bytes()
+    pos, bit = data.draw(st.integers(0, len(body) - 1), "byte"), data.draw(st.integers(0, 7), "bit")
+    tmp = tmp_path_factory.mktemp("anywhere")
+    shutil.copytree(store["d"], tmp / "d")
+    flip(tmp / "d" / key, pos, bit)
+    found = {x.key for x in check_store(str(tmp / "d"))}
+    state, skipped = restored_state(tmp / "d", tmp / "scratch")
+    if key not in found:  # only a manifest whose flipped bytes hold the same values
+        same = json.loads((tmp / "d" / key).read_bytes()) == json.loads(body) if key.startswith("manifests/") \
+            else False
+        assert same and state == store["states"][3], (key, pos, bit)
+    elif isinstance(state, Exception):
+        assert key in str(state), (key, pos, bit, state)
+    else:
+        assert state == store["states"][state[0]], (key, pos, bit)
+        assert state[0] == 3 or key in skipped, (key, pos, bit, skipped)
