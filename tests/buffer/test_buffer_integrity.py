@@ -29,7 +29,7 @@ from buffer.durable import Durable
 from buffer.integrity import parse_manifest
 from buffer.manifest import decode_heads, decode_tables, head_file_bytes
 from orchestrator.verify import main as verify
-from tests.buffer.buffer_helpers import make_replay, make_step, read_manifest
+from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step, read_manifest
 
 W, CHUNK, INNER = 2, 16, 4
 STOPS = (20, 40, 58)
@@ -318,6 +318,8 @@ def test_a_damaged_or_stale_writer_token(store, tmp_path):
         check(store, tmp_path, lambda d, n=n: (d / "writer.json").write_bytes(body[:n]), "writer.json",
               "identical", "writer", {"truncated"})
 
+    check(store, tmp_path, lambda d: (d / "writer.json").unlink(), "writer.json", "identical", "writer", {"missing"})
+
     d = tmp_path / "live"
     shutil.copytree(store["d"], d)
     r = make_replay(str(tmp_path / "s-live"), str(d), token="w1")  # the writer of the store, open again
@@ -369,3 +371,23 @@ def test_a_bit_flipped_anywhere_is_found_and_never_restored_as_another_state(sto
     else:
         assert state == store["states"][state[0]], (key, pos, bit)
         assert state[0] == 3 or key in skipped, (key, pos, bit, skipped)
+
+
+def test_a_store_written_before_manifests_had_checksums_restores_and_goes_on(tmp_path):
+    """golden/store-before-checksums: three commits (steps 20, 40, 58) written by the code of before, its
+    manifests and writer.json without "crc"."""
+    d = tmp_path / "d"
+    shutil.copytree(Path(__file__).parent / "golden" / "store-before-checksums", d)
+    assert "crc" not in json.loads((d / M[3]).read_text()) and "crc" not in (d / "writer.json").read_text()
+    assert check_store(str(d)) == []
+    r = make_replay(str(tmp_path / "s"), str(d), token="new", lazy=False)
+    got = r.restore()
+    assert (got.commit_id, got.extra, got.blobs, r.info["t"]) == (3, {"c": 3}, {"state": b"s3"}, 58)
+    for w in range(W):
+        assert_batches_equal(r.read(w, 0, 58), expected(w, 0, 58, W))
+    fill(r, 58, 70)
+    assert r.commit({"c": 4}) == 4
+    r.close()
+    assert check_store(str(d)) == [] and "crc" in json.loads((d / f"manifests/{4:010d}-000002.json").read_text())
+    state, skipped = restored_state(d, tmp_path / "s2")
+    assert state[0] == 4 and state[4][1]["image"] == expected(1, 0, 70, W)["image"].tobytes() and not skipped
