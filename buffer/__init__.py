@@ -14,7 +14,7 @@ from .integrity import Damage, check_store
 from .replay import Replay, Restored, read_latest_manifest
 
 __all__ = [
-    "CorruptChunkError", "Damage", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay", "ReplayConfig",
-    "ReplayError", "Restored",
+    "CorruptChunkError", "Damage", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay",
+    "ReplayConfig", "ReplayError", "Restored",
     "Schema", "SchemaError", "ScratchError", "WriterFencedError", "check_store", "read_latest_manifest",
 ]

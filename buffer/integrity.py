@@ -56,13 +56,14 @@ def _name(key: str) -> tuple[int, int] | None:
 
 def manifest_problem(m: object, key: str) -> tuple[str, str] | None:
     """(problem, detail) of a parsed manifest, or None when every field a restore uses is in range. A format this
-    code does not know passes (check_compatible refuses it by name: a newer writer's, not damage)."""
+    code does not know passes when its checksum matches (check_compatible refuses it by name: a newer writer's,
+    not damage)."""
     if not isinstance(m, dict):
         return "invalid", f"a JSON {type(m).__name__}, not an object"
     if "crc" in m and m["crc"] != json_checksum(m):
         return "checksum mismatch", f"crc {m['crc']!r}, content {json_checksum(m)}"
-    if m.get("format") not in READABLE:
-        return None
+    if m.get("format") not in READABLE:  # a newer writer's, or (without "crc", which every newer one has) damage
+        return None if "crc" in m else ("invalid", f"format {m.get('format')!r} without a checksum")
     if set(m) - _KNOWN or _REQUIRED - set(m):
         return "invalid", f"unknown fields {sorted(set(m) - _KNOWN)}, missing {sorted(_REQUIRED - set(m))}"
     ints = ("commit", 1), ("generation", 1), ("num_streams", 1), ("chunk", 1), ("inner", 1), ("capacity", 1), \
@@ -262,7 +263,7 @@ def check_store(url: str) -> list[Damage]:
         except CorruptChunkError as e:
             c.add(mkey, "manifest", e.problem, str(e))
             continue
-        if m["format"] not in READABLE:
+        if m.get("format") not in READABLE:
             c.add(mkey, "manifest", "unknown format", f"format {m['format']!r}, this code reads {list(READABLE)}")
             continue
         try:

@@ -513,7 +513,7 @@ class Replay(Persistence):
                 f"none of the {len(ms)} commits in {d.url} can be restored: each is damaged or references a "
                 f"corrupt or missing object ({', '.join(unusable[:3])}{', ...' if len(unusable) > 3 else ''}); "
                 f"first found: {first_err}. "
-                f"Damaged bytes and their records are under {d.url}/quarantine/. Put a good copy of the chunk back "
+                f"Damaged bytes and their records are under {d.url}/quarantine/. Put a good copy of the object back "
                 "under its key, or start the run afresh (a new sweep name or durable folder).",
                 keys=tuple(unusable)) from None
         raise DurableStoreError(f"no readable manifest among {len(ms)} in {d.url}")

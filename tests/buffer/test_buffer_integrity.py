@@ -241,6 +241,12 @@ def test_a_manifest_of_before_manifests_had_checksums_still_restores(store, tmp_
 
     check(store, tmp_path, strip_and_flip, M[3], "fallback:2", "manifest", {"invalid"})
 
+    def strip_and_flip_format(d: Path) -> None:  # an unknown format with no checksum: damage, not a newer writer
+        strip(d)
+        flip(d / M[3], at((d / M[3]).read_bytes(), b'"r2i-replay/3"', 12), 2)
+
+    check(store, tmp_path, strip_and_flip_format, M[3], "fallback:2", "manifest", {"invalid"})
+
 
 def test_a_damaged_page_falls_back_past_the_commits_that_list_it(store, tmp_path):
     page = store["page"]
