@@ -24,9 +24,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError, check_store
+from buffer import CorruptChunkError, NoRestorableCommitError, SchemaError, WriterFencedError, check_store
 from buffer.durable import Durable
-from buffer.integrity import parse_manifest
+from buffer.integrity import parse_manifest, seal
 from buffer.manifest import decode_heads, decode_tables, head_file_bytes
 from orchestrator.verify import main as verify
 from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step, read_manifest
@@ -397,3 +397,15 @@ def test_a_store_written_before_manifests_had_checksums_restores_and_goes_on(tmp
     assert check_store(str(d)) == [] and "crc" in json.loads((d / f"manifests/{4:010d}-000002.json").read_text())
     state, skipped = restored_state(d, tmp_path / "s2")
     assert state[0] == 4 and state[4][1]["image"] == expected(1, 0, 70, W)["image"].tobytes() and not skipped
+
+
+def test_a_newer_format_with_its_checksum_is_refused_by_name_not_skipped(store, tmp_path):
+    d = tmp_path / "d"
+    shutil.copytree(store["d"], d)
+    m = json.loads((d / M[3]).read_text())
+    m.pop("crc")
+    (d / M[3]).write_bytes(seal(m | {"format": "r2i-replay/9"}))
+    r = make_replay(str(tmp_path / "s"), str(d), token="reader")
+    with pytest.raises(SchemaError, match=r"manifests/0000000003-000001.json: format 'r2i-replay/9'"):
+        r.restore()  # falling back past a newer writer's commit would resume an older state silently
+    r.close()
