@@ -305,6 +305,7 @@ def test_stale_and_duplicated_objects(store, tmp_path):
     # another version of a chunk under its key (the other stream's shard 2)
     a, b = (next(k for k in store["chunks"] if k.startswith(f"chunks/{w}/0000000002-")) for w in (0, 1))
     check(store, tmp_path, lambda d: shutil.copy(d / a, d / b), b, "fallback:2", "chunk", None)
+    check(store, tmp_path, lambda d: (d / b).unlink(), b, "fallback:2", "chunk", {"missing"})
     # commit 2's manifest copied under a newer name: refused as a duplicate, commit 3 restores
     dup = f"manifests/{4:010d}-000001.json"
     check(store, tmp_path, lambda d: shutil.copy(d / M[2], d / dup), dup, "fallback:3", "manifest", {"duplicate"})
