@@ -10,10 +10,12 @@ from .errors import (
                      ScratchError,
                      WriterFencedError,
 )
+from .integrity import Damage, check_store
 from .replay import Replay, Restored, read_latest_commit, read_latest_manifest
 
 __all__ = [
-    "CorruptChunkError", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay", "ReplayConfig",
-    "ReplayError", "Restored",
-    "Schema", "SchemaError", "ScratchError", "WriterFencedError", "read_latest_commit", "read_latest_manifest",
+    "CorruptChunkError", "Damage", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay",
+    "ReplayConfig", "ReplayError", "Restored",
+    "Schema", "SchemaError", "ScratchError", "WriterFencedError", "check_store", "read_latest_commit",
+    "read_latest_manifest",
 ]

@@ -8,6 +8,8 @@ durable copy and the manifest checksum, and to decode inner chunks straight into
 
 from __future__ import annotations
 
+import json
+
 import numcodecs.blosc as _blosc
 import numpy as np
 from google_crc32c import value as _crc32c
@@ -37,6 +39,13 @@ def checksum(data: bytes | memoryview) -> int:
     """32-bit file checksum (xxh3, truncated) used in manifests. Not crc32c: a zarr shard ends with the
     crc32c of its index, and the crc32c of any message followed by its own crc32c is one constant."""
     return xxh3_64_intdigest(data) & 0xFFFFFFFF
+
+
+def json_checksum(doc: dict) -> int:
+    """checksum() of a JSON document's canonical form (sorted keys, no spaces), its own "crc" left out: what a
+    manifest or the writer token carries under "crc". Canonical, so the bytes may be re-indented harmlessly."""
+    body = {k: v for k, v in doc.items() if k != "crc"}
+    return checksum(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _codec_meta(codec: str, level: int) -> dict:

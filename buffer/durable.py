@@ -1,7 +1,8 @@
 """Durable tier: objects, manifests and the writer token behind a folder, an fsspec URL or s3://bucket/prefix.
 
 Layout under the root:
-  writer.json                          current writer {token, generation}; a newer writer fences older ones
+  writer.json                          current writer {token, generation, time, crc}; a newer writer fences older
+                                       ones
   chunks/<stream>/<k>-<crc>.bin        finished shard k of one stream, all fields concatenated; written once
   chunks/<stream>/<k>-<crc>-h<m>.bin   the same without its first m inner chunks, which earlier commits' packs
                                        already hold (the manifest's `heads` say where)
@@ -30,11 +31,13 @@ from collections.abc import Callable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import DurableStoreError, WriterFencedError
+from .codec import json_checksum
+from .errors import CorruptChunkError, DurableStoreError, WriterFencedError
 from .objstore import S3Objects
 
 log = logging.getLogger(__name__)
 MANIFEST_DIR, CHUNK_DIR, PACK_DIR, PAGE_DIR, QUARANTINE_DIR = "manifests", "chunks", "packs", "tables", "quarantine"
+WRITER_KEY = "writer.json"
 # link() is how a local write-once publish refuses to replace; filesystems without hard links say so with these
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
@@ -307,27 +310,76 @@ class Durable:
 
     # --- single writer --------------------------------------------------------------------------------------
     def read_writer(self) -> dict | None:
+        """The writer token, checked (parse_writer); None when there is none. CorruptChunkError when damaged."""
         try:
-            return json.loads(self.fs.cat_file(self.path("writer.json")))
+            body = self.fs.cat_file(self.path(WRITER_KEY))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            raise DurableStoreError(f"reading {self.url}/writer.json: {e}") from e
+        except OSError as e:
+            raise DurableStoreError(f"reading {self.url}/{WRITER_KEY}: {e}") from e
+        return parse_writer(body, f"{self.url}/{WRITER_KEY}")
 
     def take_over(self, token: str) -> int:
-        """Register `token` as the writer; returns its generation. Re-opening with the same token keeps it."""
-        cur = self.read_writer()
-        if cur is not None and cur.get("token") == token:
+        """Register `token` as the writer; returns its generation. Re-opening with the same token keeps it.
+
+        The new generation is above both the token's and every published manifest's, so a stale token (an older
+        writer.json put back) cannot hand out a generation already used. A damaged token fences nobody it can
+        name: it is logged and replaced (the token guards commits, not data; every writer whose token it was
+        finds it replaced at its next check)."""
+        try:
+            cur = self.read_writer()
+        except CorruptChunkError as e:
+            log.warning("%s; replacing it with this writer's token", e)
+            cur = None
+        if cur is not None and cur["token"] == token:
             return int(cur["generation"])
-        gen = (int(cur["generation"]) + 1) if cur else 1
-        self.put("writer.json", json.dumps({"token": token, "generation": gen, "time": time.time()}).encode())
-        self.sync_dirs(["writer.json"])
+        floor = max((g for _, g, _ in self.manifests()), default=0)
+        gen = max(int(cur["generation"]) if cur else 0, floor) + 1
+        doc = {"token": token, "generation": gen, "time": time.time()}
+        self.put(WRITER_KEY, json.dumps(doc | {"crc": json_checksum(doc)}).encode())
+        self.sync_dirs([WRITER_KEY])
         return gen
 
     def check_writer(self, token: str, gen: int) -> None:
-        cur = self.read_writer()
-        if cur is None or cur.get("token") != token or int(cur.get("generation", -1)) != gen:
+        try:
+            cur = self.read_writer()
+        except CorruptChunkError as e:
+            raise CorruptChunkError(f"{e}: cannot tell whether a newer writer took over; commit aborted, no "
+                                    "manifest published (the next opener replaces the token)", key=e.key,
+                                    manifest="(commit)", kind=e.kind, problem=e.problem) from None
+        if cur is None or cur["token"] != token or cur["generation"] != gen:
+            stale = cur is not None and cur["generation"] < gen
             raise WriterFencedError(
-                f"writer {token!r} (generation {gen}) was fenced by {cur and cur.get('token')!r} "
-                f"(generation {cur and cur.get('generation')}) in {self.url}; "
-                "commit aborted, no manifest published")
+                f"writer {token!r} (generation {gen}) was fenced by {cur and cur['token']!r} "
+                f"(generation {cur and cur['generation']}) in {self.url}; "
+                + ("its writer.json is older than this writer's (a stale copy put back?); " if stale else "")
+                + "commit aborted, no manifest published")
+
+
+def json_damage(body: bytes) -> str:
+    """What is wrong with JSON bytes that do not parse: "truncated" when they do not end as every document we
+    write does (with its closing brace), else "unparsable"."""
+    return "unparsable" if body.rstrip().endswith(b"}") else "truncated"
+
+
+def parse_writer(body: bytes, where: str) -> dict:
+    """The writer token document {token, generation, time, crc} from its bytes, checked: CorruptChunkError
+    (kind "writer") naming what is wrong. A token written before it carried "crc" is checked for shape only."""
+    def bad(problem: str, detail: str) -> CorruptChunkError:
+        return CorruptChunkError(f"writer token {where} is damaged ({problem}): {detail}", key=WRITER_KEY,
+                                 manifest="", kind="writer", problem=problem)
+
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise bad(json_damage(body), str(e)) from None
+    if not isinstance(doc, dict):
+        raise bad("invalid", f"a JSON {type(doc).__name__}, not an object")
+    if "crc" in doc and doc["crc"] != json_checksum(doc):
+        raise bad("checksum mismatch", f"crc {doc['crc']!r}, content {json_checksum(doc)}")
+    extra = sorted(set(doc) - {"token", "generation", "time", "crc"})
+    gen = doc.get("generation")
+    if extra or not isinstance(doc.get("token"), str) or not doc["token"] or not isinstance(gen, int) \
+            or isinstance(gen, bool) or gen < 1:
+        raise bad("invalid", f"fields {sorted(doc)}, token {doc.get('token')!r}, generation {gen!r}")
+    return doc

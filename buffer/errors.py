@@ -10,11 +10,14 @@ class WriterFencedError(ReplayError):
 
 
 class CorruptChunkError(ReplayError):
-    """A durable or scratch object failed its checksum; the message names the object and the manifest."""
+    """A durable or scratch object failed its checksum (or is truncated, unparsable, out of range, stale); the
+    message names the object and the manifest. `kind`: chunk, pack, page, manifest or writer; `problem`: what is
+    wrong, in a few words (checksum mismatch, truncated, unparsable, invalid, stale, duplicate, missing)."""
 
-    def __init__(self, message: str, *, key: str = "", manifest: str = ""):
+    def __init__(self, message: str, *, key: str = "", manifest: str = "", kind: str = "chunk",
+                 problem: str = "checksum mismatch"):
         super().__init__(message)
-        self.key, self.manifest = key, manifest
+        self.key, self.manifest, self.kind, self.problem = key, manifest, kind, problem
 
 
 class NoRestorableCommitError(ReplayError):

@@ -86,6 +86,57 @@ def _unb64(s: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), "<u4").reshape(shape).astype(np.uint32)
 
 
+def _u32s(s: object, n: int, what: str) -> tuple[np.ndarray | None, str | None]:
+    """(n uint32 from base64 text `s`, None) or (None, what is wrong)."""
+    if not isinstance(s, str):
+        return None, f"{what} is not text"
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except ValueError as e:
+        return None, f"{what} is not base64 ({e})"
+    if len(raw) != 4 * n:
+        return None, f"{what} holds {len(raw)} bytes, expected {4 * n}"
+    return np.frombuffer(raw, "<u4"), None
+
+
+def rows_problem(doc: dict, lo: int, hi: int, last: int, num_streams: int, nfields: int,
+                 n_inner: int) -> str | None:
+    """What is wrong with the rows a manifest or a page holds (tables of shards [lo, hi), segments of shards
+    [lo, last]: a manifest's include its open shard), or None: lengths, object ids against the checksums they are
+    made of, segment positions inside their packs. Checked before any row is trusted."""
+    t, n, w, f = doc.get("tables"), hi - lo, num_streams, nfields
+    if not isinstance(t, dict) or n < 0:
+        return f"tables {type(t).__name__} for shards [{lo}, {hi})"
+    got = {}
+    for name, count in (("size", n * w * f), ("crc", n * w * f), ("obj", n * w)):
+        got[name], err = _u32s(t.get(name), count, f"tables.{name}") if count else (np.zeros(0, "<u4"), None)
+        if err:
+            return err
+    if n and not np.array_equal(object_ids(got["crc"].reshape(n * w, f)), got["obj"]):
+        return "tables.obj does not match the checksums in tables.crc"
+    h = doc.get("heads")
+    if h is None:
+        return None
+    packs = h.get("packs") if isinstance(h, dict) else None
+    if not isinstance(packs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int) for p in packs):
+        return "heads.packs is not a list of [key, nbytes]"
+    if not h.get("rows"):
+        return None
+    width = 6 + f
+    try:
+        raw = base64.b64decode(h["rows"], validate=True) if isinstance(h["rows"], str) else b"?"
+    except ValueError:
+        raw = b"?"
+    if len(raw) % (4 * width):
+        return f"heads.rows is not base64 rows of {width} numbers"
+    for k, ws, m, i, off, _crc, *nbytes in np.frombuffer(raw, "<u4").reshape(-1, width).tolist():
+        if not (lo <= k <= last and ws < w and 1 <= m <= n_inner and i < len(packs)
+                and off + sum(nbytes) <= packs[i][1]):
+            return f"heads row (shard {k}, stream {ws}, {m} inner chunks, pack {i} at {off}) is out of range"
+    return None
+
+
 def encode_tables(shards: dict[int, ShardInfo], k_lo: int, k_hi: int) -> dict:
     ks = range(k_lo, k_hi)
     if not ks:
@@ -268,14 +319,19 @@ def load_pages(d: Durable, m: dict, mkey: str, cache: dict[str, dict] | None = N
                 if not isinstance(e.__cause__, FileNotFoundError):
                     raise
                 raise CorruptChunkError(f"page {d.url}/{key} of manifest {mkey} is missing", key=key,
-                                        manifest=mkey) from e
+                                        manifest=mkey, kind="page", problem="missing") from e
             if len(body) != nbytes or checksum(body) != crc:
-                raise CorruptChunkError(f"page {d.url}/{key} of manifest {mkey} failed its checksum", key=key,
-                                        manifest=mkey)
+                what = "truncated" if len(body) < nbytes else "checksum mismatch"
+                raise CorruptChunkError(f"page {d.url}/{key} of manifest {mkey} failed its checksum ({what}: "
+                                        f"{len(body)} of {nbytes} bytes)", key=key, manifest=mkey, kind="page",
+                                        problem=what)
             doc = json.loads(body)
             if cache is not None:
                 cache[key] = doc
-        assert (doc["k_lo"], doc["k_hi"]) == (k0, k1), (key, doc["k_lo"], doc["k_hi"], k0, k1)
+            problem = page_problem(doc, k0, k1, m)
+            if problem:  # the checksum matched: a writer's fault, or a manifest of before manifests had theirs
+                raise CorruptChunkError(f"page {d.url}/{key} of manifest {mkey} is invalid: {problem}", key=key,
+                                        manifest=mkey, kind="page", problem="invalid")
         shards.update(decode_tables(doc))
         for k, ws in decode_heads(doc).items():
             heads.setdefault(k, {}).update(ws)
@@ -284,6 +340,17 @@ def load_pages(d: Durable, m: dict, mkey: str, cache: dict[str, dict] | None = N
     assert len(shards) == k_hi - k_lo, f"manifest {mkey}: rows of {k_hi - k_lo - len(shards)} shards missing"
     return m | {"rows_lo": k_lo, "tables": encode_tables(shards, k_lo, k_hi),
                 "heads": encode_heads(heads, k_lo, k_hi)}
+
+
+def page_problem(doc: object, k0: int, k1: int, m: dict) -> str | None:
+    """What is wrong with page document `doc`, listed by manifest `m` for shards [k0, k1), or None."""
+    if not isinstance(doc, dict) or doc.get("format") != PAGE_FORMAT:
+        return f"not a {PAGE_FORMAT} document"
+    ours = (k0, k1, m["num_streams"], _nfields(m))
+    if (doc.get("k_lo"), doc.get("k_hi"), doc.get("num_streams"), doc.get("nfields")) != ours:
+        return f"k_lo, k_hi, num_streams, nfields {[doc.get(x) for x in ('k_lo', 'k_hi', 'num_streams', 'nfields')]}" \
+               f", listed as {list(ours)}"
+    return rows_problem(doc, k0, k1, k1 - 1, m["num_streams"], _nfields(m), m["chunk"] // m["inner"])
 
 
 def check_compatible(m: dict, key: str, schema: Schema, num_streams: int, chunk: int, inner: int,

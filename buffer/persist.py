@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -13,6 +12,7 @@ from .codec import checksum
 from .config import schema_to_json
 from .durable import PACK_DIR, PAGE_DIR, Durable, chunk_key, manifest_key, pack_key
 from .errors import CorruptChunkError, DurableStoreError, ReplayError, WriterFencedError
+from .integrity import read_manifest, seal
 from .manifest import (
     FORMAT_OF_CODEC,
     Head,
@@ -60,10 +60,12 @@ def read_pack(d: Durable, m: dict, mkey: str) -> tuple[bytes, Callable[[str], by
         pack = d.get(pk["key"])
     except DurableStoreError as e:
         raise CorruptChunkError(f"pack {d.url}/{pk['key']} of manifest {mkey} is missing or unreadable: {e}",
-                                key=pk["key"], manifest=mkey) from e
+                                key=pk["key"], manifest=mkey, kind="pack", problem="missing") from e
     if len(pack) != pk["nbytes"] or checksum(pack) != pk["crc"]:
-        raise CorruptChunkError(f"pack {d.url}/{pk['key']} of manifest {mkey} failed its checksum",
-                                key=pk["key"], manifest=mkey)
+        what = "truncated" if len(pack) < pk["nbytes"] else "checksum mismatch"
+        raise CorruptChunkError(f"pack {d.url}/{pk['key']} of manifest {mkey} failed its checksum ({what}: "
+                                f"{len(pack)} of {pk['nbytes']} bytes)", key=pk["key"], manifest=mkey, kind="pack",
+                                problem=what)
     entries = pk["entries"]
 
     def part(name: str) -> bytes:
@@ -168,7 +170,7 @@ class Persistence:
                         "force_first": self.force_first},
             "blobs": sorted(s.blobs), "extra": s.extra,
         }
-        body = json.dumps(manifest, separators=(",", ":")).encode()
+        body = seal(manifest)
         mkey = manifest_key(s.commit, self._gen)
         # Fencing: the token is read again once every byte of the commit is durable, right before the manifest
         # appears (locally two syscalls later; elsewhere one create-only PUT later), and the manifest never
@@ -225,7 +227,7 @@ class Persistence:
 
     def _keys_of(self, mkey: str) -> frozenset[str]:
         if mkey not in self._manifest_keys:
-            m = self._durable.read_json(mkey)
+            m = read_manifest(self._durable, mkey)
             try:
                 m = load_pages(self._durable, m, mkey, self._page_cache)
             except CorruptChunkError as e:

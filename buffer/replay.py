@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -22,11 +23,14 @@ from .errors import (
     SchemaError,
     ScratchError,
 )
+from .integrity import latest_manifest, read_manifest
 from .manifest import Head, ShardInfo, check_compatible, object_ids, object_keys
 from .persist import Persistence, _Snapshot, commit_blobs, read_pack
 from .sampling import InnerCache, plan_batch
 from .scratch import Scratch
 from .scratchlock import ScratchLock
+
+log = logging.getLogger(__name__)
 
 
 class Restored(NamedTuple):
@@ -97,6 +101,7 @@ class Replay(Persistence):
         self._closing = threading.Event()
         self._broken: str | None = None
         self.stats: dict = {}
+        self.skipped: list[CorruptChunkError] = []  # what the last restore() passed over, newest first
 
     # --- state
     def _reset_state(self) -> None:
@@ -439,12 +444,16 @@ class Replay(Persistence):
             return None
         listing = {**d.list_sizes(CHUNK_DIR), **d.list_sizes(PACK_DIR), **d.list_sizes(PAGE_DIR)}
         bad: set[str] = set()
+        damaged: list[str] = []  # manifests that fail their own checks
         first_err: CorruptChunkError | None = None
         parsed: dict[str, dict] = {}
+        self.skipped = []
         for _c, _g, mkey in ms:
             try:
-                m = d.read_json(mkey)
-            except (DurableStoreError, ValueError):
+                m = read_manifest(d, mkey)
+            except CorruptChunkError as e:  # damaged, or gone since listed: an older commit may still restore
+                self._skip(e)
+                damaged.append(mkey)
                 continue
             check_compatible(m, mkey, self.schema, self.num_streams, self.cfg.chunk, self.cfg.inner,
                              self.cfg.codec)
@@ -455,6 +464,7 @@ class Replay(Persistence):
             except CorruptChunkError as e:
                 bad.add(e.key)
                 first_err = first_err or e
+                self._skip(e)
                 continue
             parsed[mkey] = m
             keys = object_keys(m)
@@ -465,8 +475,10 @@ class Replay(Persistence):
                     if listing.get(key) != size:
                         found = "is missing" if key not in listing else f"has {listing[key]} bytes instead of {size}"
                         what = {PACK_DIR: "pack", PAGE_DIR: "page"}.get(key.split("/", 1)[0], "chunk")
+                        problem = "missing" if key not in listing else \
+                            "truncated" if listing[key] < size else "size mismatch"
                         raise CorruptChunkError(f"durable {what} {d.url}/{key} referenced by manifest {mkey} "
-                                                f"{found}", key=key, manifest=mkey)
+                                                f"{found}", key=key, manifest=mkey, kind=what, problem=problem)
                 blobs, extra = self._load(m, mkey)
                 if not self.cfg.lazy:
                     jobs = [(w, k) for k in range(self._k_lo, self._k_hi) for w in range(self.num_streams)]
@@ -479,6 +491,7 @@ class Replay(Persistence):
             except CorruptChunkError as e:
                 bad.add(e.key)
                 first_err = first_err or e
+                self._skip(e)
                 self._reset_state()
                 self._bg_error = None  # a fetch that found it during a full restore: this manifest is skipped
                 continue
@@ -491,17 +504,24 @@ class Replay(Persistence):
                 self._lazy_thread = threading.Thread(target=self._lazy_fetch, name="replay-lazy", daemon=True)
                 self._lazy_thread.start()
             return Restored(m["commit"], extra, blobs)
-        unusable = sorted(bad | set(self._corrupt))
+        unusable = sorted(bad | set(self._corrupt)) + damaged
+        first_err = first_err or next(iter(self.skipped), None)
         if unusable:
             # `from None`: the job requeues on a CorruptChunkError anywhere in the chain, and here no attempt can
             # do better (each restore would list the same store)
             raise NoRestorableCommitError(
-                f"none of the {len(ms)} commits in {d.url} can be restored: each references a corrupt or missing "
-                f"chunk ({', '.join(unusable[:3])}{', ...' if len(unusable) > 3 else ''}); first found: {first_err}. "
-                f"Damaged bytes and their records are under {d.url}/quarantine/. Put a good copy of the chunk back "
+                f"none of the {len(ms)} commits in {d.url} can be restored: each is damaged or references a "
+                f"corrupt or missing object ({', '.join(unusable[:3])}{', ...' if len(unusable) > 3 else ''}); "
+                f"first found: {first_err}. "
+                f"Damaged bytes and their records are under {d.url}/quarantine/. Put a good copy of the object back "
                 "under its key, or start the run afresh (a new sweep name or durable folder).",
                 keys=tuple(unusable)) from None
         raise DurableStoreError(f"no readable manifest among {len(ms)} in {d.url}")
+
+    def _skip(self, e: CorruptChunkError) -> None:
+        """Record (and log) an object that made restore pass over a commit: `skipped` after restore()."""
+        self.skipped.append(e)
+        log.warning("restore skips %s: %s", e.manifest or e.key, e)
 
     # --- shutdown
     def close(self) -> None:
@@ -524,21 +544,14 @@ class Replay(Persistence):
 
 
 def read_latest_manifest(durable: str, with_tables: bool = False) -> dict | None:
-    """Newest readable manifest of a durable store, its key under "key" (read-only; for status and verify tools).
-    The chunk tables, the bulk of a manifest, are dropped unless `with_tables` (then they are as stored: pass the
-    manifest through `manifest.load_pages` for the rows its pages hold)."""
-    d = Durable(durable, create=False)
-    for _c, _g, mkey in d.manifests():
-        try:
-            m = d.read_json(mkey)
-        except (DurableStoreError, ValueError):
-            continue
-        if not with_tables:
-            for bulk in ("tables", "heads", "pages"):
-                m.pop(bulk, None)
-        m["key"] = mkey
-        return m
-    return None
+    """Newest manifest of a durable store that passes its checks, its key under "key" (read-only; for status and
+    verify tools). The chunk tables, the bulk of a manifest, are dropped unless `with_tables` (then they are as
+    stored: pass the manifest through `manifest.load_pages` for the rows its pages hold)."""
+    m, _ = latest_manifest(Durable(durable, create=False))
+    if m is not None and not with_tables:
+        for bulk in ("tables", "heads", "pages"):
+            m.pop(bulk, None)
+    return m
 
 
 def read_latest_commit(durable: str) -> Restored | None:
@@ -551,7 +564,7 @@ def read_latest_commit(durable: str) -> Restored | None:
     errors = []
     for _c, _g, mkey in ms:
         try:
-            m = d.read_json(mkey)
+            m = read_manifest(d, mkey)
             _pack, part = read_pack(d, m, mkey)
         except (DurableStoreError, CorruptChunkError, ValueError) as e:
             errors.append(f"{mkey}: {e}")

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from buffer import read_latest_manifest
+from buffer import check_store, read_latest_manifest
 from buffer.codec import ShardCodec, checksum
 from buffer.durable import Durable, chunk_key
 from buffer.errors import CorruptChunkError, DurableStoreError
@@ -51,15 +51,17 @@ def _counters(extra: dict) -> dict:
 def fingerprint(durable: str, metrics: str | Path | None = None) -> dict:
     """{commit, manifest, blobs {name: sha256}, replay sha256, loop counters, metrics sha256, device, corrupt}.
 
-    `corrupt` lists durable objects of the newest readable manifest that are missing or fail their checksum
-    (empty for a healthy store). Raises DurableStoreError when the store has no readable manifest.
+    `corrupt` lists the manifests newer than the one read (which failed their own checks) and the durable objects
+    of the newest manifest that passes them that are missing or fail their checksum (empty for a healthy store).
+    Raises DurableStoreError when no manifest passes its checks.
     """
     d = Durable(durable, create=False)
     m = read_latest_manifest(durable, with_tables=True)
     if m is None:
         raise DurableStoreError(f"no readable manifest in {durable}")
     mkey = m["key"]
-    corrupt: list[str] = []
+    # newer manifests than the one read failed their own checks (a restore skips them too)
+    corrupt = [k for c, g, k in d.manifests() if (c, g) > (m["commit"], m["generation"])]
     h = hashlib.sha256(json.dumps({k: m[k] for k in ("t", "lo", "k_lo", "k_hi", "sampler", "schema")},
                                   sort_keys=True).encode())
     try:
@@ -146,10 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against-metrics", help="the second run's logs/metrics.jsonl")
     a = p.parse_args(argv)
     try:
-        fp = fingerprint(a.durable, a.metrics)
         if a.against is None:
-            print(json.dumps(fp, indent=1, sort_keys=True))
-            return 1 if fp["corrupt"] else 0
+            damage = check_store(a.durable)
+            for x in damage:
+                print(f"verify: damaged {x.kind} {x.key}: {x.problem} ({x.detail})"
+                      + (f"; needed by {', '.join(x.needed_by)}" if x.needed_by else ""), file=sys.stderr)
+            try:
+                fp = fingerprint(a.durable, a.metrics)
+            except DurableStoreError as e:  # no manifest passes its checks: still say what is damaged
+                if not damage:
+                    raise
+                print(f"verify: {e}", file=sys.stderr)
+                fp = {"corrupt": [x.key for x in damage]}
+            print(json.dumps(fp | {"damage": [x.to_json() for x in damage]}, indent=1, sort_keys=True))
+            return 1 if fp["corrupt"] or damage else 0
+        fp = fingerprint(a.durable, a.metrics)
         diff = differences(fp, fingerprint(a.against, a.against_metrics))
     except DurableStoreError as e:
         print(f"verify: {e}", file=sys.stderr)

@@ -83,3 +83,21 @@ def test_cli_compares_two_stores_and_fails_clearly_without_a_manifest(tmp_path, 
     assert "no readable manifest" in capsys.readouterr().err
     with pytest.raises(DurableStoreError):
         fingerprint(str(tmp_path / "empty"))
+
+
+def test_cli_reports_each_damaged_object_with_its_kind_and_problem(tmp_path, capsys):
+    durable = make_store(tmp_path)
+    assert main([durable]) == 0
+    assert json.loads(capsys.readouterr().out)["damage"] == []
+    newest, older = sorted((Path(durable) / "manifests").iterdir(), reverse=True)
+    newest.write_bytes(newest.read_bytes()[:-1])  # truncated: the early commit is what a restore gets
+    pack = sorted((Path(durable) / "packs").iterdir())[0]  # the early commit's, its blob last
+    pack.write_bytes(pack.read_bytes()[:-1] + bytes([pack.read_bytes()[-1] ^ 0x10]))
+    assert main([durable]) == 1
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [(x["key"], x["kind"], x["problem"]) for x in out["damage"]] == [
+        (f"manifests/{newest.name}", "manifest", "truncated"), (f"packs/{pack.name}", "blob", "checksum mismatch")]
+    assert out["damage"][1]["needed_by"] == [f"manifests/{older.name}"]
+    assert out["manifest"] == f"manifests/{older.name}" and f"manifests/{newest.name}" in out["corrupt"]
+    assert f"damaged blob packs/{pack.name}: checksum mismatch" in captured.err
