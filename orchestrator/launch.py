@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import resources, slurm
+from orchestrator import oom, resources, slurm
 from orchestrator.compose import compose_runs, split_args
 from orchestrator.config import EXPERIMENTS_DIR, ClusterConfig, OrchestratorError, RootConfig
 from orchestrator.job import run_job
@@ -154,7 +154,8 @@ def _launch(sweep: Sweep, run: str, how: str, detach: bool) -> Launched:
         except Exception as e:  # noqa: BLE001 - sbatch's refusal (or no srun), reported with its text
             raise OrchestratorError(f"submitting run {run} failed: {e}") from e
     else:
-        executor = submitit.LocalExecutor(folder=paths.slurm_dir)
+        # the job runs under the OOM watcher: a kill by the kernel's OOM killer is recorded as such, not requeued
+        executor = submitit.LocalExecutor(folder=paths.slurm_dir, python=oom.watch_command(paths.run_dir))
         executor.update_parameters(timeout_min=c.time_min, signal_delay_s=c.signal_grace_s)
         # The job must not see the terminal's Ctrl-C (submitit's controller would SIGKILL it a second later);
         # the foreground display turns Ctrl-C into SIGTERM -> stop with a commit.

@@ -78,12 +78,15 @@ def _tree_bytes(tree) -> int:
 def learner_bytes(cfg: RootConfig, obs_spec: dict, num_actions: int) -> tuple[int, int, int]:
     """(train state bytes, policy params bytes, parameter count) from the learner's init, traced not run."""
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from agent.learner import make_learner
 
     learner = make_learner(cfg.agent, obs_spec, num_actions)
-    state = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
+    # an abstract key: nothing is placed on a device, so no XLA backend (and its threads) starts in the submitting
+    # process, which then forks submitit's local controller
+    state = jax.eval_shape(learner.init, jax.ShapeDtypeStruct((2,), jnp.uint32))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     return _tree_bytes(state), _tree_bytes(learner.policy_params(state.params)), params
 
