@@ -55,12 +55,14 @@ def oom_kill_count(files: Sequence[Path] | None = None) -> int | None:
 
 
 def hint(cfg: RootConfig) -> str:
-    """What to change, in one line."""
-    c = cfg.cluster
-    mem = f"cluster.mem_gb={c.mem_gb:g}" if c.mem_gb else "cluster.mem_gb (unset: the partition's default)"
-    where = mem if c.kind == "slurm" else "the machine's free memory"
-    return (f"killed for memory, not requeued: raise {where} or lower train.num_envs={cfg.train.num_envs} "
-            f"(env processes: {cfg.train.env_processes}), then `make resume`")
+    """What to change, in one line. train.num_envs is part of the trajectory: fewer envs is a new sweep."""
+    c, n = cfg.cluster, cfg.train.num_envs
+    if c.kind == "slurm":
+        now = f"now {c.mem_gb:g}" if c.mem_gb else "unset: the partition's default"
+        fix = f"raise cluster.mem_gb ({now}; in the run's config.yaml, then make resume)"
+    else:
+        fix = "free memory on this machine (then make resume)"
+    return f"killed for memory, not requeued: {fix} or lower train.num_envs={n} (a new sweep)"
 
 
 def record(run_dir: Path, outcome: str, reason: str, pid: int | None = None, **facts) -> bool:

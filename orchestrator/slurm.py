@@ -231,7 +231,7 @@ def teardown_lines(max_requeues: int) -> list[str]:
         f'if [ "$r2i_rc" -eq {REQUEUE_EXIT} ] || [ "$r2i_rc" -ge 128 ]; then',
         '  if [ "$r2i_rc" -ge 128 ] && r2i_oom; then',
         '    echo "r2i: job $SLURM_JOB_ID was killed for memory (OUT_OF_MEMORY), not requeueing: raise cluster.mem_gb'
-        ' or lower train.num_envs, then make resume"',
+        ' (the run config.yaml, then make resume) or lower train.num_envs (a new sweep)"',
         f'  elif [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then',
         '    echo "r2i: requeueing job $SLURM_JOB_ID (step exit $r2i_rc)"',
         '    scontrol requeue "$SLURM_JOB_ID"',

@@ -97,6 +97,7 @@ def test_teardown_does_not_requeue_a_step_killed_for_memory(tmp_path, fake_bin):
     oom = "42|OUT_OF_MEMORY\n42.batch|OUT_OF_MEMORY\n42.0|OUT_OF_MEMORY\n"
     assert teardown(137, 0, tmp_path, fake_bin, sacct=oom, stdout=out) == ""
     assert out[0].strip() == ("r2i: job 42 was killed for memory (OUT_OF_MEMORY), not requeueing: raise "
-                              "cluster.mem_gb or lower train.num_envs, then make resume")
+                              "cluster.mem_gb (the run config.yaml, then make resume) or lower train.num_envs "
+                              "(a new sweep)")
     # killed by something else (a node failure, scancel --signal KILL): still requeued
     assert teardown(137, 0, tmp_path, fake_bin, sacct="42|RUNNING\n42.0|CANCELLED\n") == "requeue 42\n"

@@ -57,8 +57,8 @@ def test_local_child_sigkilled_by_the_oom_killer_is_out_of_memory(tmp_path, coun
     attempt = state["attempts"][-1]
     assert state["state"] == "out_of_memory" and attempt["outcome"] == "out_of_memory"
     assert attempt["exit"] == -signal.SIGKILL and attempt["oom_kills"] == [3, 4]
-    assert state["error"] == ("killed for memory, not requeued: raise the machine's free memory or lower "
-                              "train.num_envs=2 (env processes: True), then `make resume`")
+    assert state["error"] == ("killed for memory, not requeued: free memory on this machine (then make resume) "
+                              "or lower train.num_envs=2 (a new sweep)")
     dead = str(attempt["pid"])  # reaped by supervise: not alive
     sweep.record_submission(sweep.runs[0], dead, "local")
     row = run_status(sweep, sweep.runs[0], {}, {})
@@ -135,9 +135,9 @@ def test_slurm_out_of_memory_from_sacct_lines(tmp_path, fake_bin):
 
     row = sweep_status(sweep, runner)[0]
     assert seen == ["squeue", "sacct"]
-    assert row.state == "OOM" and row.reason.startswith(
-        "killed for memory, not requeued: raise cluster.mem_gb (unset: the partition's default) or lower "
-        "train.num_envs=2")
+    assert row.state == "OOM" and row.reason == (
+        "killed for memory, not requeued: raise cluster.mem_gb (unset: the partition's default; in the run's "
+        "config.yaml, then make resume) or lower train.num_envs=2 (a new sweep)")
     state = read_json(sweep.dir / run / "state.json")
     assert state["state"] == "out_of_memory" and state["attempts"][-1]["outcome"] == "out_of_memory"
     assert sweep_status(sweep, runner)[0].reason == row.reason  # recorded once, not appended to again
