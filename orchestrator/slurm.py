@@ -214,7 +214,7 @@ OOM_CHECK = [
     "  command -v sacct >/dev/null || return 1",
     "  for i in 1 2 3; do",
     '    sacct -n -P -j "$SLURM_JOB_ID" -o JobID,State 2>/dev/null | grep -q "|OUT_OF_MEMORY" && return 0',
-    "    sleep 2",
+    "    sleep 1",
     "  done",
     "  return 1",
     "}",

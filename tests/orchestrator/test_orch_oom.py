@@ -4,16 +4,19 @@ is read), and Slurm's OUT_OF_MEMORY from sacct lines (faked at the runner), in s
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from orchestrator import oom
 from orchestrator.compose import compose_runs
 from orchestrator.job import LOCAL_REQUEUE_EXIT
-from orchestrator.status import run_status, sweep_status, to_json
+from orchestrator.status import pid_alive, run_status, sweep_status, to_json
 from orchestrator.sweep import Request, create_sweep, read_json
 
 
@@ -153,3 +156,32 @@ def test_oom_kill_count_reads_cgroup_v1_v2_and_vmstat(tmp_path):
     files[1].write_text("low 0\nhigh 0\nmax 2\noom 2\noom_kill 2\n")
     assert oom.oom_kill_count(files) == 2  # the v1 file is absent: the next counter answers
     assert oom.oom_kill_count([tmp_path / "none"]) is None
+
+
+def test_a_local_job_sigkilled_through_the_real_launcher_is_recorded(root, monkeypatch):
+    """`make submit` locally (detached, through submitit's controller and the watcher); the job's process is
+    SIGKILLed mid-run. No OOM kill happens here, so the verdict is `killed`, and nothing reruns it."""
+    monkeypatch.setenv("R2I_TEST_STEP_S", "0.05")
+    from orchestrator.config import REPO_ROOT
+    from tests.orchestrator.orch_workload import WORKLOAD
+
+    cmd = [sys.executable, "-m", "orchestrator", "submit", "--exp", "smoke", "--sweep", "k", "--cluster", "local",
+           "--detach", "--args", f"train.steps=100000 run.entry={WORKLOAD} run.root={root}"]
+    log = root.parent / "cli.log"  # a file, not a pipe: the detached job outlives the CLI and holds its streams
+    with open(log, "w") as f:
+        out = subprocess.run(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=120)
+    assert out.returncode == 0, log.read_text()
+    run = root / "k" / "s0"
+    deadline = time.time() + 60
+    while not (run / "logs" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    state = read_json(run / "state.json")
+    os.kill(state["attempts"][-1]["pid"], signal.SIGKILL)
+    controller = json.loads((run / "submissions.jsonl").read_text().splitlines()[-1])["job_id"]
+    while pid_alive(controller) and time.time() < deadline + 60:
+        time.sleep(0.1)
+    state = read_json(run / "state.json")
+    assert state["state"] == "killed" and len(state["attempts"]) == 1, state
+    status = subprocess.run([sys.executable, "-m", "orchestrator", "--root", str(root), "status", "--sweep", "k",
+                             "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["runs"][0]["state"] == "KILLED"
