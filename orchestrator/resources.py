@@ -144,12 +144,12 @@ def node_memory_mb(partition: str, runner: slurm.Runner = slurm.run_command) -> 
 def check(cfg: RootConfig, profile: str, runs_at_once: int = 1, force: bool = False,
           runner: slurm.Runner = slurm.run_command, meminfo: Path = Path("/proc/meminfo"),
           out=None) -> Estimate:
-    """Warn (one line) when train.num_envs exceeds cluster.cpus; raise ResourceError (one line, the numbers) when
-    the profile cannot hold the run's estimate, unless `force` (then the refusal is printed as a warning)."""
+    """Warn (one line) when train.num_envs env processes exceed cluster.cpus; raise ResourceError (one line, the
+    numbers) when the profile cannot hold the run's estimate, unless `force` (then the refusal is a warning)."""
     c, t = cfg.cluster, cfg.train
     out = out or sys.stderr
     est = estimate(cfg)
-    if t.num_envs > c.cpus:
+    if t.env_processes and t.num_envs > c.cpus:  # in-process envs step one after another: no contention
         print(f"warning: train.num_envs={t.num_envs} exceeds cluster.cpus={c.cpus} of profile {profile}: the env "
               f"steps share {c.cpus} core(s); raise cluster.cpus or lower train.num_envs", file=out)
     need = est.total_mb * runs_at_once

@@ -89,9 +89,10 @@ def test_warns_when_num_envs_exceeds_cpus(tmp_path):
     resources.check(tiny("cluster.cpus=2"), "local", meminfo=big, out=out)
     assert "warning: train.num_envs=3 exceeds cluster.cpus=2" in out.getvalue()
     assert out.getvalue().count("\n") == 1
-    out = io.StringIO()
-    resources.check(tiny("cluster.cpus=3"), "local", meminfo=big, out=out)
-    assert out.getvalue() == ""
+    for args in ("cluster.cpus=3", "cluster.cpus=2 train.env_processes=false"):
+        out = io.StringIO()
+        resources.check(tiny(args), "local", meminfo=big, out=out)
+        assert out.getvalue() == "", args
 
 
 def test_mmaze9x9_on_the_dev_profile_is_refused_with_the_numbers(root, capsys, monkeypatch):
