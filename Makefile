@@ -22,6 +22,7 @@ ARGS ?=
 CLUSTER ?= auto
 PROFILE ?=
 DETACH ?= 0
+FORCE ?= 0
 JSON ?= 0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -75,11 +76,11 @@ cluster-up: ## start the local dev Slurm cluster (root, Debian; idempotent; ~20 
 cluster-down: ## stop the dev cluster daemons this project started (state and logs are kept)
 	bash slurm/dev-cluster/down.sh
 
-submit: setup ## launch EXP (SEEDS=0,1 SWEEP=name ARGS="k=v ..." CLUSTER=auto|slurm|local PROFILE=p DETACH=1)
+submit: setup ## launch EXP (SEEDS=0,1 SWEEP=name ARGS="k=v ..." CLUSTER=auto|slurm|local PROFILE=p DETACH=1 FORCE=1)
 	@test -n "$(EXP)" || { echo "EXP is required, e.g. make submit EXP=smoke (the error for an unknown EXP lists them)"; exit 2; }
 	$(PY) -m orchestrator submit --exp "$(EXP)" $(if $(SEEDS),--seeds "$(SEEDS)") $(if $(SWEEP),--sweep "$(SWEEP)") \
 	  --cluster "$(or $(CLUSTER),auto)" $(if $(PROFILE),--profile "$(PROFILE)") $(if $(filter 1,$(DETACH)),--detach) \
-	  --args '$(ARGS)'
+	  $(if $(filter 1,$(FORCE)),--force) --args '$(ARGS)'
 
 status: setup ## report every run of SWEEP (JSON=1 for machine output); also writes <sweep>/status.html
 	@test -n "$(SWEEP)" || { echo "SWEEP is required, e.g. make status SWEEP=smoke-20261121-1200"; exit 2; }
@@ -93,9 +94,9 @@ cancel: setup ## cancel every queued or running job of SWEEP
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
 	$(PY) -m orchestrator cancel --sweep "$(SWEEP)"
 
-resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued (DETACH=1 locally)
+resume: setup ## resubmit the runs of SWEEP that are neither finished nor queued (DETACH=1 locally, FORCE=1)
 	@test -n "$(SWEEP)" || { echo "SWEEP is required"; exit 2; }
-	$(PY) -m orchestrator resume --sweep "$(SWEEP)" $(if $(filter 1,$(DETACH)),--detach)
+	$(PY) -m orchestrator resume --sweep "$(SWEEP)" $(if $(filter 1,$(DETACH)),--detach) $(if $(filter 1,$(FORCE)),--force)
 
 eval: setup ## evaluate the newest commit of RUN (a run folder; EPISODES=n SEED=s), read-only -> <run>/eval/
 	@test -n "$(RUN)" || { echo "RUN is required, e.g. make eval RUN=runs/smoke-20261121-1200/s0"; exit 2; }

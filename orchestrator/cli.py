@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--args", default="",
                    help='hydra overrides, e.g. "agent.model_opt.lr=1e-4,3e-4 env.memory_length=50"')
     s.add_argument("overrides", nargs="*", help="more hydra overrides")
+    s.add_argument("--force", action="store_true",
+                   help="submit even when the memory estimate exceeds the profile (or this machine)")
     st = sub.add_parser("status", help="one row per run of a sweep")
     st.add_argument("--sweep", required=True)
     st.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -46,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="resubmit the runs that are neither done nor queued")
     r.add_argument("--sweep", required=True)
     r.add_argument("--detach", action="store_true")
+    r.add_argument("--force", action="store_true", help="resubmit even when the memory estimate does not fit")
     e = sub.add_parser("eval", help="evaluate the newest commit of a run, read-only -> <run>/eval/<commit>.json")
     e.add_argument("--run", required=True, type=Path,
                    help="the run folder: a path, or <sweep>/<run> under the sweeps root")
@@ -99,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "submit":
             launch.submit(args.exp, args.seeds, split_args(args.args) + list(args.overrides), args.sweep,
-                          args.cluster, args.profile, args.detach)
+                          args.cluster, args.profile, args.detach, force=args.force)
         elif args.cmd == "resume":
-            launch.resume(args.sweep, root=args.root, detach=args.detach)
+            launch.resume(args.sweep, root=args.root, detach=args.detach, force=args.force)
         elif args.cmd == "eval":
             _evaluate(args.run, args.root, args.episodes, args.seed)
         elif args.cmd == "cancel":

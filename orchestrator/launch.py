@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import slurm
+from orchestrator import oom, resources, slurm
 from orchestrator.compose import compose_runs, split_args
 from orchestrator.config import EXPERIMENTS_DIR, ClusterConfig, OrchestratorError, RootConfig
 from orchestrator.job import run_job
@@ -159,7 +159,8 @@ def _launch(sweep: Sweep, run: str, how: str, detach: bool) -> Launched:
         except Exception as e:  # noqa: BLE001 - sbatch's refusal (or no srun), reported with its text
             raise OrchestratorError(f"submitting run {run} failed: {e}") from e
     else:
-        executor = submitit.LocalExecutor(folder=paths.slurm_dir)
+        # the job runs under the OOM watcher: a kill by the kernel's OOM killer is recorded as such, not requeued
+        executor = submitit.LocalExecutor(folder=paths.slurm_dir, python=oom.watch_command(paths.run_dir))
         executor.update_parameters(timeout_min=c.time_min, signal_delay_s=c.signal_grace_s)
         # The job must not see the terminal's Ctrl-C (submitit's controller would SIGKILL it a second later);
         # the foreground display turns Ctrl-C into SIGTERM -> stop with a commit.
@@ -183,10 +184,23 @@ def _launch_all(sweep: Sweep, runs: list[str], how: str, detach: bool) -> list[L
     return launched
 
 
+def check_resources(cfgs: list[RootConfig], profile: str, force: bool = False,
+                    runner: slurm.Runner = slurm.run_command) -> None:
+    """resources.check once per distinct run shape; local runs all start at once, so they share the machine."""
+    seen = set()
+    for cfg in cfgs:
+        key = repr((cfg.agent, cfg.env, cfg.train, cfg.replay, cfg.cluster))
+        if key not in seen:
+            seen.add(key)
+            at_once = len(cfgs) if cfg.cluster.kind == "local" else 1
+            resources.check(cfg, profile, runs_at_once=at_once, force=force, runner=runner)
+
+
 def _plan(exp: str, seeds: list[int] | None, args: list[str], profile: str | None, kind: str,
-          experiments_dir: Path):
+          experiments_dir: Path, force: bool = False, runner: slurm.Runner = slurm.run_command):
     profile = profile or default_profile(kind)
     runs = compose_runs(exp, seeds, args + [f"cluster.kind={kind}"], profile, experiments_dir=experiments_dir)
+    check_resources([spec.cfg for spec in runs], profile, force, runner)
     seen = set()
     for spec in runs:  # one check per distinct cluster section
         key = repr(spec.cfg.cluster)
@@ -198,11 +212,13 @@ def _plan(exp: str, seeds: list[int] | None, args: list[str], profile: str | Non
 
 def submit(exp: str, seeds: list[int] | None = None, args: str | list[str] = (), sweep_name: str = "",
            cluster: str = "auto", profile: str | None = None, detach: bool = False,
-           follow: bool = True, experiments_dir: Path = EXPERIMENTS_DIR) -> tuple[Sweep, list[Launched]]:
-    """Compose, check, create (or, for the same request, resume) the sweep and submit its runs."""
+           follow: bool = True, experiments_dir: Path = EXPERIMENTS_DIR, force: bool = False,
+           runner: slurm.Runner = slurm.run_command) -> tuple[Sweep, list[Launched]]:
+    """Compose, check (resources, then paths and partition), create (or, for the same request, resume) the sweep
+    and submit its runs. `force` submits a run the profile cannot hold by the estimate (with a warning)."""
     kind = resolve_cluster(cluster)
     argv = split_args(args)
-    profile, runs = _plan(exp, seeds, argv, profile, kind, experiments_dir)
+    profile, runs = _plan(exp, seeds, argv, profile, kind, experiments_dir, force, runner)
     request = Request(exp=exp, seeds=list(seeds) if seeds else None, args=argv, profile=profile)
     root = run_root(runs[0].cfg.run.root)
     existing = open_sweep(root, sweep_name) if sweep_name and (root / sweep_name / "sweep.json").exists() \
@@ -212,7 +228,7 @@ def submit(exp: str, seeds: list[int] | None = None, args: str | list[str] = (),
             raise SweepError(f"sweep {existing.name!r} exists with a different request ({existing.request}); "
                              f"use `make resume SWEEP={existing.name}` or another SWEEP name")
         print(f"sweep {existing.name} exists with the same request: resuming it")
-        return resume(existing.name, root=root, detach=detach, follow=follow)
+        return resume(existing.name, root=root, detach=detach, follow=follow, force=force, checked=True)
     name = sweep_name or f"{exp}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     sweep = create_sweep(root, name, request, runs)
     if kind == "slurm":
@@ -233,8 +249,8 @@ def _active(sweep: Sweep, run: str, queue: dict) -> bool:
     return bool(q and q["state"] in LIVE)
 
 
-def resume(sweep_name: str, root: Path | None = None, detach: bool = False,
-           follow: bool = True) -> tuple[Sweep, list[Launched]]:
+def resume(sweep_name: str, root: Path | None = None, detach: bool = False, follow: bool = True,
+           force: bool = False, checked: bool = False) -> tuple[Sweep, list[Launched]]:
     """Resubmit every run that is neither done nor queued/running; its state comes from the durable store."""
     sweep = open_sweep(root or run_root(), sweep_name)
     ids = [s["job_id"] for r in sweep.runs for s in sweep.submissions(r)[-1:] if s["cluster"] == "slurm"]
@@ -249,6 +265,8 @@ def resume(sweep_name: str, root: Path | None = None, detach: bool = False,
             continue
         todo.append(run)
     kinds = {sweep.config(r).cluster.kind for r in todo}
+    if todo and not checked:
+        check_resources([sweep.config(r) for r in todo], sweep.request.profile, force)
     for cfg in {repr(sweep.config(r).cluster): sweep.config(r) for r in todo}.values():
         preflight(cfg)
     if "slurm" in kinds:

@@ -201,13 +201,38 @@ def container_prefix(c: ClusterConfig, binds: list[str]) -> list[str]:
     return argv + [c.container.image, c.container.python]
 
 
+OOM_CHECK = [
+    "# killed for memory: the job's memory cgroup counted an OOM kill, or sacct says OUT_OF_MEMORY (it may lag)",
+    "r2i_oom() {",
+    "  local f i",
+    "  for f in $(awk -F: -v j=\"/job_${SLURM_JOB_ID:-0}/\" '{ i = index($3 \"/\", j); if (!i) next;"
+    " p = substr($3, 1, i + length(j) - 2); if ($2 == \"\") print \"/sys/fs/cgroup\" p \"/memory.events\";"
+    " else if ($2 ~ /(^|,)memory(,|$)/) print \"/sys/fs/cgroup/memory\" p \"/memory.oom_control\" }'"
+    " /proc/self/cgroup 2>/dev/null); do",
+    "    awk '$1 == \"oom_kill\" && $2 > 0 { hit = 1 } END { exit !hit }' \"$f\" 2>/dev/null && return 0",
+    "  done",
+    "  command -v sacct >/dev/null || return 1",
+    "  for i in 1 2 3; do",
+    '    sacct -n -P -j "$SLURM_JOB_ID" -o JobID,State 2>/dev/null | grep -q "|OUT_OF_MEMORY" && return 0',
+    "    sleep 1",
+    "  done",
+    "  return 1",
+    "}",
+]
+
+
 def teardown_lines(max_requeues: int) -> list[str]:
-    """Runs in the batch shell on the host after the step: requeue on the job's request or a killed step."""
+    """Runs in the batch shell on the host after the step: requeue on the job's request or a killed step, unless
+    it was killed for memory (it would die the same way again)."""
     return [
         "r2i_rc=$?",
+        *OOM_CHECK,
         "# 75: the job committed and asks for a requeue; >= 128: the step was killed (resume from a commit)",
         f'if [ "$r2i_rc" -eq {REQUEUE_EXIT} ] || [ "$r2i_rc" -ge 128 ]; then',
-        f'  if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then',
+        '  if [ "$r2i_rc" -ge 128 ] && r2i_oom; then',
+        '    echo "r2i: job $SLURM_JOB_ID was killed for memory (OUT_OF_MEMORY), not requeueing: raise cluster.mem_gb'
+        ' (the run config.yaml, then make resume) or lower train.num_envs (a new sweep)"',
+        f'  elif [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then',
         '    echo "r2i: requeueing job $SLURM_JOB_ID (step exit $r2i_rc)"',
         '    scontrol requeue "$SLURM_JOB_ID"',
         "  else",

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import slurm
+from orchestrator import oom, slurm
 from orchestrator.sweep import Sweep, is_local_url, local_path, read_json
 
 # Slurm states in which the job may still run again; anything else has ended.
@@ -50,7 +50,7 @@ class RunStatus:
     """One row of `make status`."""
 
     run: str
-    state: str  # DONE, RUNNING, PENDING, REQUEUED, STOPPED, FAILED, CANCELLED, REQUEUE_LIMIT, NEW, ...
+    state: str  # DONE, RUNNING, PENDING, REQUEUED, STOPPED, FAILED, OOM, KILLED, CANCELLED, REQUEUE_LIMIT, NEW, ...
     reason: str = ""  # Slurm's pending reason or the last stop's cause
     requeues: int = 0
     env_steps: int | None = None
@@ -114,15 +114,22 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
         st.state, st.reason = "REQUEUE_LIMIT", f"{st.requeues} requeues >= cluster.max_requeues"
     elif st.cluster == "local":
         alive = pid_alive(last["job_id"])
-        ended = {"stopped": "STOPPED", "failed": "FAILED"}.get(job_state or "", "STOPPED")
-        st.state = "RUNNING" if alive else ended
-        st.reason = state.get("error", "") if job_state == "failed" else ("" if alive else last_stop)
+        ended = {"stopped": "STOPPED", "failed": "FAILED", "out_of_memory": "OOM", "killed": "KILLED"}
+        st.state = "RUNNING" if alive else ended.get(job_state or "", "STOPPED")
+        st.reason = state.get("error", "") if st.state in ("FAILED", "OOM", "KILLED") else (
+            "" if alive else last_stop)
     else:
         q, rows = queue.get(last["job_id"]), acct.get(last["job_id"], [])
         slurm_state = q["state"] if q else (rows[-1]["state"] if rows else "")
         if q and slurm_state in LIVE:
             st.state = slurm_state
             st.reason = q["reason"] if q["reason"] not in ("None", "") else last_stop
+        elif slurm_state == "OUT_OF_MEMORY" or job_state == "out_of_memory":
+            # the step was killed without a word (or an env worker was, and the job failed): state.json learns
+            # it here, from Slurm
+            if slurm_state == "OUT_OF_MEMORY":
+                oom.record(paths.run_dir, "out_of_memory", oom.hint(cfg), slurm_state=slurm_state)
+            st.state, st.reason = "OOM", (read_json(paths.state) or {}).get("error", oom.hint(cfg))
         elif job_state == "failed":
             st.state, st.reason = "FAILED", state.get("error", "")
         elif slurm_state:

@@ -32,7 +32,21 @@ def make_env(cfg: EnvConfig) -> Env:
     raise EnvConfigError(f"env.kind={cfg.kind!r} is unknown; expected one of {list(KINDS)}")
 
 
+def env_spec(cfg: EnvConfig) -> tuple[Schema, int]:
+    """(obs spec, num_actions) of the env `cfg` names, without starting a worker: Memory Maze's is known without
+    building one; the others are built in this process for a moment (milliseconds)."""
+    if cfg.kind == "mmaze":
+        from agent.envs.mmaze import MemoryMazeEnv
+
+        return dict(MemoryMazeEnv.OBS_SPEC), MemoryMazeEnv.num_actions
+    env = make_env(cfg)
+    try:
+        return env.obs_spec(), env.num_actions
+    finally:
+        env.close()
+
+
 __all__ = [
     "KINDS", "Env", "EnvConfig", "EnvConfigError", "EnvError", "EnvWorkerError", "EpisodeStats", "FieldSpec",
-    "Obs", "Schema", "SnapshotError", "VecEnv", "episode_seed", "make_env",
+    "Obs", "Schema", "SnapshotError", "VecEnv", "env_spec", "episode_seed", "make_env",
 ]

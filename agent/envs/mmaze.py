@@ -93,6 +93,7 @@ class MemoryMazeEnv:
     """One Memory Maze env (≈2 s to build, ≈1.3 GB RSS, ≈1.5 s per reset)."""
 
     num_actions = 6  # noop, forward, left, right, forward+left, forward+right
+    OBS_SPEC: Schema = {"image": FieldSpec((64, 64, 3), "uint8")}  # known without building one (MuJoCo)
 
     def __init__(self, cfg: EnvConfig):
         assert cfg.kind == "mmaze", cfg
@@ -113,7 +114,7 @@ class MemoryMazeEnv:
         self._done = False
 
     def obs_spec(self) -> Schema:
-        return {"image": FieldSpec((64, 64, 3), "uint8")}
+        return dict(self.OBS_SPEC)
 
     def _reseed(self, episode_seed: int) -> None:
         from labmaze import defaults

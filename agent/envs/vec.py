@@ -196,6 +196,10 @@ class VecEnv:
     def obs_spec(self) -> Schema:
         return dict(self._schema)
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the env workers in env order (empty in-process): what a memory measurement reads."""
+        return [p.pid for p in self._procs]
+
     # --- transport ---------------------------------------------------------------------------------------
     def _recv(self, i: int):
         conn, proc = self._conns[i], self._procs[i]

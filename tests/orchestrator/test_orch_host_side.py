@@ -66,13 +66,17 @@ def test_the_first_signal_is_the_request(slurm_env):
     assert "request Signal=SIGTERM" in out, out
 
 
-def teardown(step_exit: int, restarts: int, tmp_path, fake_bin) -> str:
+def teardown(step_exit: int, restarts: int, tmp_path, fake_bin, sacct: str = "42|RUNNING\n42.batch|RUNNING\n",
+             stdout: list | None = None) -> str:
     log = tmp_path / "scontrol.log"
     fake_bin("scontrol", f'echo "$@" >> {log}')
+    fake_bin("sacct", f"printf {sacct!r}")  # `sacct -n -P -j 42 -o JobID,State` of this incarnation
     script = f"(exit {step_exit})\n" + "\n".join(slurm.teardown_lines(max_requeues=3))
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
                          env={**os.environ, "SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": str(restarts)})
     assert out.returncode == step_exit
+    if stdout is not None:
+        stdout.append(out.stdout)
     return log.read_text() if log.exists() else ""
 
 
@@ -85,3 +89,15 @@ def teardown(step_exit: int, restarts: int, tmp_path, fake_bin) -> str:
 ])
 def test_teardown_requeues_on_request_or_kill_up_to_the_cap(tmp_path, fake_bin, step_exit, restarts, requeued):
     assert (teardown(step_exit, restarts, tmp_path, fake_bin) == "requeue 42\n") == requeued
+
+
+def test_teardown_does_not_requeue_a_step_killed_for_memory(tmp_path, fake_bin):
+    """sacct's lines for an attempt whose step the cgroup OOM-killed: it would die the same way again."""
+    out: list[str] = []
+    oom = "42|OUT_OF_MEMORY\n42.batch|OUT_OF_MEMORY\n42.0|OUT_OF_MEMORY\n"
+    assert teardown(137, 0, tmp_path, fake_bin, sacct=oom, stdout=out) == ""
+    assert out[0].strip() == ("r2i: job 42 was killed for memory (OUT_OF_MEMORY), not requeueing: raise "
+                              "cluster.mem_gb (the run config.yaml, then make resume) or lower train.num_envs "
+                              "(a new sweep)")
+    # killed by something else (a node failure, scancel --signal KILL): still requeued
+    assert teardown(137, 0, tmp_path, fake_bin, sacct="42|RUNNING\n42.0|CANCELLED\n") == "requeue 42\n"
