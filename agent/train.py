@@ -129,6 +129,9 @@ def _policy_device(name: str):
     return cpus[-1] if len(cpus) > 1 else None
 
 
+_device_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 class _PolicyParams:
     """The params the policy acts with, on the policy device: those after update max(0, updates - lag).
 
@@ -141,8 +144,9 @@ class _PolicyParams:
         self._moved: tuple[int, dict] | None = None  # lag 0 on another device: the newest params, moved once
 
     def _copy(self, params: dict) -> dict:
+        """A copy that does not wait for `params` to be computed (jax.Array.copy would)."""
         if self.device is None:
-            return jax.tree.map(lambda x: x.copy(), params)
+            return _device_copy(params)
         return jax.device_put(params, self.device)
 
     def published(self, update: int, params: dict) -> None:
