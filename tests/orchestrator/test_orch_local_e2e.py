@@ -26,23 +26,30 @@ def submit_cmd(root, steps: int) -> list[str]:
                   f"train.steps={steps} train.log_every=25 run.entry={WORKLOAD} run.root={root}"]
 
 
+def ctrl_c_after_first_rows(cmd: list[str], run) -> tuple[str, int]:
+    """Run a foreground submit in its own session with SIGINT at its default, as under a terminal, and send it a
+    Ctrl-C once the run has written metrics and its submission (after the submit, so that it reaches the follow
+    loop; the submit window has its own test): (its output, its exit code)."""
+    cli = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not ((run / "logs" / "metrics.jsonl").exists() and (run / "submissions.jsonl").exists()) \
+            and cli.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(cli.pid, signal.SIGINT)
+    out, _ = cli.communicate(timeout=120)
+    return out, cli.returncode
+
+
 def test_foreground_ctrl_c_commits_and_the_same_command_resumes(root, monkeypatch):
     monkeypatch.setenv("R2I_TEST_STEP_S", "0.01")
     run = root / "e2e" / "s5"
     # own session, so the Ctrl-C below reaches the CLI and its jobs the way a terminal's would; and SIGINT at its
     # default, as under a terminal: a non-interactive shell starts background commands with SIGINT ignored, so a
     # suite run as `bash .ci/run &` would pass that on and the CLI would never see the Ctrl-C
-    cli = subprocess.Popen(submit_cmd(root, 600), cwd=REPO_ROOT, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    # after the submit, so that this test is about the follow loop (the submit window has its own test below)
-    while not ((run / "logs" / "metrics.jsonl").exists() and (run / "submissions.jsonl").exists()) \
-            and cli.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(cli.pid, signal.SIGINT)
-    out, _ = cli.communicate(timeout=120)
-    assert cli.returncode == 0, out
+    out, returncode = ctrl_c_after_first_rows(submit_cmd(root, 600), run)
+    assert returncode == 0, out
     assert "stopping at the next step boundary" in out and "to resume" in out, out
     state = json.loads((run / "state.json").read_text())
     assert state["state"] == "stopped" and state["attempts"][0]["stop"] == "user_stop", state

@@ -5,16 +5,14 @@ status reads the progress from it; a bucket that does not exist submits nothing.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 from orchestrator.cli import main
 from orchestrator.config import REPO_ROOT
 from orchestrator.status import latest_commit
 from tests.orchestrator.orch_workload import WORKLOAD, final_learner
+from tests.orchestrator.test_orch_local_e2e import ctrl_c_after_first_rows
 
 CLI = [sys.executable, "-m", "orchestrator"]
 
@@ -28,17 +26,8 @@ def submit_cmd(root, durable: str, steps: int) -> list[str]:
 def test_a_run_on_s3_stops_with_a_commit_and_resumes_from_the_bucket(root, s3_url, monkeypatch):
     monkeypatch.setenv("R2I_TEST_STEP_S", "0.01")
     run, durable = root / "e2e" / "s5", f"{s3_url}/e2e/s5"
-    # own session and SIGINT at its default, as under a terminal (see test_orch_local_e2e)
-    cli = subprocess.Popen(submit_cmd(root, s3_url, 600), cwd=REPO_ROOT, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while not ((run / "logs" / "metrics.jsonl").exists() and (run / "submissions.jsonl").exists()) \
-            and cli.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(cli.pid, signal.SIGINT)
-    out, _ = cli.communicate(timeout=120)
-    assert cli.returncode == 0, out
+    out, returncode = ctrl_c_after_first_rows(submit_cmd(root, s3_url, 600), run)
+    assert returncode == 0, out
     assert "stopping at the next step boundary" in out, out
     assert not (run / "durable").exists()  # every commit went to the bucket
     steps = latest_commit(durable)["extra"]["progress"]["env_steps"]
