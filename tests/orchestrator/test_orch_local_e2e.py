@@ -42,6 +42,20 @@ def ctrl_c_after_first_rows(cmd: list[str], run) -> tuple[str, int]:
     return out, cli.returncode
 
 
+def same_command_resumes_to_the_end(cmd: list[str], root, run) -> dict:
+    """Run the submit `cmd` again: it must resume the stopped run of seed 5 to the uninterrupted run's result at
+    600 steps; returns the run's row of `status --json`."""
+    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout
+    assert json.loads((run / "state.json").read_text())["state"] == "done"
+    learner = json.loads((run / "logs" / "final_learner.json").read_text())
+    assert learner == json.loads(json.dumps(final_learner(5, 600)))
+    status = subprocess.run(CLI + ["--root", str(root), "status", "--sweep", "e2e", "--json"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    return json.loads(status.stdout)["runs"][0]
+
+
 def test_foreground_ctrl_c_commits_and_the_same_command_resumes(root, monkeypatch):
     monkeypatch.setenv("R2I_TEST_STEP_S", "0.01")
     run = root / "e2e" / "s5"
@@ -56,15 +70,7 @@ def test_foreground_ctrl_c_commits_and_the_same_command_resumes(root, monkeypatc
     steps = latest_commit(str(run / "durable"))["extra"]["progress"]["env_steps"]
     assert 0 < steps < 600
 
-    again = subprocess.run(submit_cmd(root, 600), cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming" in again.stdout
-    assert json.loads((run / "state.json").read_text())["state"] == "done"
-    learner = json.loads((run / "logs" / "final_learner.json").read_text())
-    assert learner == json.loads(json.dumps(final_learner(5, 600)))
-    status = subprocess.run(CLI + ["--root", str(root), "status", "--sweep", "e2e", "--json"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
-    row = json.loads(status.stdout)["runs"][0]
+    row = same_command_resumes_to_the_end(submit_cmd(root, 600), root, run)
     assert (row["state"], row["env_steps"], row["percent"]) == ("DONE", 600, 100.0)
     assert (root / "e2e" / "status.html").exists()
 

@@ -4,15 +4,12 @@ status reads the progress from it; a bucket that does not exist submits nothing.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 from orchestrator.cli import main
-from orchestrator.config import REPO_ROOT
 from orchestrator.status import latest_commit
-from tests.orchestrator.orch_workload import WORKLOAD, final_learner
-from tests.orchestrator.test_orch_local_e2e import ctrl_c_after_first_rows
+from tests.orchestrator.orch_workload import WORKLOAD
+from tests.orchestrator.test_orch_local_e2e import ctrl_c_after_first_rows, same_command_resumes_to_the_end
 
 CLI = [sys.executable, "-m", "orchestrator"]
 
@@ -33,16 +30,7 @@ def test_a_run_on_s3_stops_with_a_commit_and_resumes_from_the_bucket(root, s3_ur
     steps = latest_commit(durable)["extra"]["progress"]["env_steps"]
     assert 0 < steps < 600
 
-    again = subprocess.run(submit_cmd(root, s3_url, 600), cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=180)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming" in again.stdout
-    assert json.loads((run / "state.json").read_text())["state"] == "done"
-    learner = json.loads((run / "logs" / "final_learner.json").read_text())
-    assert learner == json.loads(json.dumps(final_learner(5, 600)))
-    status = subprocess.run(CLI + ["--root", str(root), "status", "--sweep", "e2e", "--json"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
-    row = json.loads(status.stdout)["runs"][0]
+    row = same_command_resumes_to_the_end(submit_cmd(root, s3_url, 600), root, run)
     assert (row["state"], row["env_steps"]) == ("DONE", 600)
 
 
