@@ -40,7 +40,7 @@ include docker/image.env
 IMAGE_VARIANT ?= cpu
 
 .PHONY: help setup lock test browser test-slurm test-all cluster-up cluster-down submit status report cancel resume eval \
-        bench bench-buffer bench-agent bench-loop bench-learn chaos chaos-1m lint docker sif test-container clean
+        bench bench-buffer bench-agent bench-loop bench-exactness bench-learn chaos chaos-1m lint docker sif test-container clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -112,6 +112,9 @@ bench-agent: setup ## agent train/act benchmark -> bench/results/agent.json
 
 bench-loop: setup ## env-only, learner-only and full-loop env steps/s side by side (schedule check, CPU, GPU) -> bench/results/loop.json
 	$(PY) -m bench.bench_loop $(BENCH_ARGS)
+
+bench-exactness: setup ## two processes give the same train-step bits, a Memory Maze stop/resume changes none -> bench/results/exactness.json
+	$(PY) -m bench.exactness $(BENCH_ARGS)
 
 bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png
 	$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS)
