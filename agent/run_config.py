@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from agent.config import AgentConfig, ConfigError
 from agent.envs.config import EnvConfig
+from agent.events import LoopEvent
 from buffer import ReplayConfig
 
 
@@ -109,3 +110,4 @@ class RunContext:
     log_dir: str  # metrics.jsonl and wandb files
     writer_token: str  # unique per attempt; a newer attempt fences this one's commits off
     should_stop: Callable[[], bool]  # polled at step boundaries; True -> commit and return "stopped"
+    on_event: Callable[[LoopEvent], None] | None = None  # told what the loop did (agent/events.py); None: nobody

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from agent.envs import VecEnv
 from agent.envs.config import EnvConfig
 from agent.evaluate import Evaluator
+from agent.events import Committed, LoopEvent, Resumed, Stopped
 from agent.learner import Learner, PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
 from agent.run_config import AgentRunConfig, RunContext
@@ -254,9 +255,11 @@ class _Loop:
         self.metrics.open(committed_bytes=loop["metrics_bytes"])
         log.info("resumed at env step %d, update %d (commit %s)", self.env_steps, self.updates,
                  self.replay.info["commit"])
+        self._emit(Resumed(self.env_steps, self.updates, int(self.replay.info["commit"])))
 
     def _commit(self, background: bool) -> int:
         self._drain_metrics(wait=True)
+        t0 = time.monotonic()
         wall = self.wall_before + time.monotonic() - self.t0
         rate = (self.env_steps - self.attempt_start_steps) / max(time.monotonic() - self.t0, 1e-9)
         loop = {
@@ -279,7 +282,12 @@ class _Loop:
         self.metrics.flush()
         commit = self.replay.commit(extra, blobs, background=background)
         self.last_commit_time = time.monotonic()
+        self._emit(Committed(commit, self.env_steps, self.updates, background, self.last_commit_time - t0))
         return commit
+
+    def _emit(self, event: LoopEvent) -> None:
+        if self.ctx.on_event is not None:
+            self.ctx.on_event(event)
 
     # --- loop ---------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -305,6 +313,7 @@ class _Loop:
             if self.ctx.should_stop():
                 self._commit(background=False)
                 log.info("stopped at env step %d with a commit", self.env_steps)
+                self._emit(Stopped(self.env_steps))
                 return "stopped"
             self._step()
             self._maybe_evaluate()
