@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections import deque
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from agent.device import DeviceFingerprint, device_fingerprint
 from agent.envs import VecEnv
 from agent.envs.config import EnvConfig
 from agent.evaluate import Evaluator
@@ -47,18 +47,12 @@ from buffer import FieldSpec, Replay
 
 log = logging.getLogger(__name__)
 Outcome = Literal["done", "stopped"]
-__all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step_schema", "device_fingerprint"]
+__all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step_schema"]
 LOOP_FORMAT = 1
 
 
 class ResumeError(RuntimeError):
     """A durable commit that this config cannot continue from (different run, format or shapes)."""
-
-
-def device_fingerprint() -> str:
-    """What decides the bits of XLA's results: backend, device kinds and count, visible CPU cores."""
-    kinds = sorted({d.device_kind for d in jax.devices()})
-    return f"{jax.default_backend()}:{','.join(kinds)}:x{jax.device_count()}:cores={len(os.sched_getaffinity(0))}"
 
 
 def _derived_seed(seed: int, purpose: str) -> int:
@@ -236,8 +230,13 @@ class _Loop:
         if loop["config_digest"] not in (digest, config_digest(self.cfg, legacy=True)):
             raise ResumeError(f"durable store {self.ctx.durable_url} belongs to a run with another config "
                               f"(digest {loop['config_digest']} != {digest})")
-        if extra.get("device") != device_fingerprint():
-            warnings.warn(f"resuming on different hardware ({extra.get('device')} -> {device_fingerprint()}): the "
+        here = device_fingerprint()
+        try:
+            moved = DeviceFingerprint.from_json(extra["device"]).differences(here)
+        except (KeyError, ValueError):  # no fingerprint, or one not ours: nothing says the hardware is the same
+            moved = ["device"]
+        if moved:
+            warnings.warn(f"resuming on different hardware ({extra.get('device')} -> {here.to_text()}): the "
                           "committed state is exact, but later results will not be bit-identical to an "
                           "uninterrupted run", stacklevel=2)
         template = jax.eval_shape(self.learner.init, jax.random.PRNGKey(0))
@@ -272,7 +271,8 @@ class _Loop:
         progress = {"env_steps": self.env_steps, "target_steps": self.cfg.train.steps, "updates": self.updates,
                     "episodes": self.episodes, "last_return": self.last_return, "wall_time_s": wall,
                     "steps_per_s": rate}
-        extra = {"loop": loop, "progress": progress, "wandb_run_id": self.run_id, "device": device_fingerprint()}
+        extra = {"loop": loop, "progress": progress, "wandb_run_id": self.run_id,
+                 "device": device_fingerprint().to_text()}
         blobs = {"agent_state": self.learner.state_to_bytes(self.state),
                  "policy_carry": flax.serialization.to_bytes(jax.device_get(self.carry))}
         lagged = self.policy.to_bytes(self.updates)

@@ -44,11 +44,12 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from agent.config import agent_config_from
+from agent.device import device_fingerprint
 from agent.envs import EnvConfig, VecEnv, make_env
 from agent.envs.base import FieldSpec
 from agent.learner import Learner, PolicyCarry, jit_train_step, make_learner
 from agent.run_config import AgentRunConfig, RunContext, TrainConfig, WandbConfig
-from agent.train import device_fingerprint, step_schema, train
+from agent.train import step_schema, train
 from buffer import Replay, ReplayConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,7 +279,7 @@ def main() -> None:
     unknown = set(presets) - {"schedule", "cpu", "gpu"}
     if unknown:
         ap.error(f"unknown preset(s) {sorted(unknown)}; expected schedule, cpu, gpu")
-    res: dict = {"quick": args.quick, "device": device_fingerprint(), "platform": platform.platform(),
+    res: dict = {"quick": args.quick, "device": device_fingerprint().to_text(), "platform": platform.platform(),
                  "jax": jax.__version__, "load_avg_1m_start": os.getloadavg()[0]}
     if "schedule" in presets and args.cpu_devices:
         res["schedule"] = schedule_presets(args.quick)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -186,7 +187,10 @@ def test_rows_after_the_last_commit_are_redone_not_duplicated(tmp_path: Path) ->
     # A killed attempt may have written rows past its last commit; they must not survive the resume.
     metrics.write_bytes(committed + json.dumps({"env_steps": 999}).encode() + b"\n")
     second: list[LoopEvent] = []
-    assert train(cfg, make_ctx(tmp_path, token="t1", events=second)) == "done"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train(cfg, make_ctx(tmp_path, token="t1", events=second)) == "done"
+    assert not [w for w in caught if "different hardware" in str(w.message)], "the same machine resumed"
     assert second[0] == Resumed(80, first[0].updates, 1) and [type(e) for e in second] == [Resumed, Committed]
     assert (second[1].commit, second[1].env_steps) == (2, 96), second
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
