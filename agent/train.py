@@ -42,13 +42,13 @@ from agent.evaluate import Evaluator
 from agent.events import Committed, LoopEvent, Resumed, Stopped
 from agent.learner import Learner, PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
+from agent.records import LOOP_FORMAT, CommitExtra, LoopState, Progress, RecordError
 from agent.run_config import AgentRunConfig, RunContext
 from buffer import FieldSpec, Replay
 
 log = logging.getLogger(__name__)
 Outcome = Literal["done", "stopped"]
 __all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step_schema"]
-LOOP_FORMAT = 1
 
 
 class ResumeError(RuntimeError):
@@ -222,21 +222,25 @@ class _Loop:
         self.wall_before = 0.0
         self.metrics.open(committed_bytes=0)
 
-    def _resume(self, extra: dict, blobs: dict[str, bytes]) -> None:
-        loop = extra.get("loop")
-        if not isinstance(loop, dict) or loop.get("format") != LOOP_FORMAT:
+    def _resume(self, extra_json: dict, blobs: dict[str, bytes]) -> None:
+        try:
+            extra = CommitExtra.from_json(extra_json)
+        except RecordError as e:
+            raise ResumeError(f"durable commit at {self.ctx.durable_url}: {e}") from e
+        loop = extra.loop
+        if loop is None:
             raise ResumeError(f"durable commit at {self.ctx.durable_url} has no loop state of format {LOOP_FORMAT}")
         digest = config_digest(self.cfg)
-        if loop["config_digest"] not in (digest, config_digest(self.cfg, legacy=True)):
+        if loop.config_digest not in (digest, config_digest(self.cfg, legacy=True)):
             raise ResumeError(f"durable store {self.ctx.durable_url} belongs to a run with another config "
-                              f"(digest {loop['config_digest']} != {digest})")
+                              f"(digest {loop.config_digest} != {digest})")
         here = device_fingerprint()
         try:
-            moved = DeviceFingerprint.from_json(extra["device"]).differences(here)
-        except (KeyError, ValueError):  # no fingerprint, or one not ours: nothing says the hardware is the same
+            moved = DeviceFingerprint.from_json(extra.device).differences(here)
+        except ValueError:  # no fingerprint, or one not ours: nothing says the hardware is the same
             moved = ["device"]
         if moved:
-            warnings.warn(f"resuming on different hardware ({extra.get('device')} -> {here.to_text()}): the "
+            warnings.warn(f"resuming on different hardware ({extra.device} -> {here.to_text()}): the "
                           "committed state is exact, but later results will not be bit-identical to an "
                           "uninterrupted run", stacklevel=2)
         template = jax.eval_shape(self.learner.init, jax.random.PRNGKey(0))
@@ -244,14 +248,14 @@ class _Loop:
         self.carry = flax.serialization.from_bytes(
             self.learner.init_policy_carry(self.cfg.train.num_envs), blobs["policy_carry"])
         self.carry = PolicyCarry(*(self._to_policy(x) for x in self.carry))
-        self.key = self._to_policy(np.array(loop["key"], np.uint32))
+        self.key = self._to_policy(np.array(loop.key, np.uint32))
         self.obs = self.env.restore({k[4:]: v for k, v in blobs.items() if k.startswith("env/")})
-        self.env_steps, self.updates, self.episodes = loop["env_steps"], loop["updates"], loop["episodes"]
+        self.env_steps, self.updates, self.episodes = loop.env_steps, loop.updates, loop.episodes
         self.policy.restore(self.updates, self.state.params, blobs.get("policy_params"))
-        self.train_mean, self.episode_mean = Mean.from_json(loop["train_mean"]), Mean.from_json(loop["episode_mean"])
-        self.last_return = loop["last_return"]
-        self.wall_before = loop["wall_time_s"]
-        self.metrics.open(committed_bytes=loop["metrics_bytes"])
+        self.train_mean, self.episode_mean = Mean.from_json(loop.train_mean), Mean.from_json(loop.episode_mean)
+        self.last_return = loop.last_return
+        self.wall_before = loop.wall_time_s
+        self.metrics.open(committed_bytes=loop.metrics_bytes)
         log.info("resumed at env step %d, update %d (commit %s)", self.env_steps, self.updates,
                  self.replay.info["commit"])
         self._emit(Resumed(self.env_steps, self.updates, int(self.replay.info["commit"])))
@@ -261,18 +265,14 @@ class _Loop:
         t0 = time.monotonic()
         wall = self.wall_before + time.monotonic() - self.t0
         rate = (self.env_steps - self.attempt_start_steps) / max(time.monotonic() - self.t0, 1e-9)
-        loop = {
-            "format": LOOP_FORMAT, "config_digest": config_digest(self.cfg),
-            "env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes,
-            "key": np.asarray(jax.device_get(self.key)).tolist(),
-            "train_mean": self.train_mean.to_json(), "episode_mean": self.episode_mean.to_json(),
-            "last_return": self.last_return, "wall_time_s": wall, "metrics_bytes": self.metrics.bytes_written,
-        }
-        progress = {"env_steps": self.env_steps, "target_steps": self.cfg.train.steps, "updates": self.updates,
-                    "episodes": self.episodes, "last_return": self.last_return, "wall_time_s": wall,
-                    "steps_per_s": rate}
-        extra = {"loop": loop, "progress": progress, "wandb_run_id": self.run_id,
-                 "device": device_fingerprint().to_text()}
+        loop = LoopState(
+            format=LOOP_FORMAT, config_digest=config_digest(self.cfg), env_steps=self.env_steps,
+            updates=self.updates, episodes=self.episodes, key=tuple(np.asarray(jax.device_get(self.key)).tolist()),
+            train_mean=self.train_mean.to_json(), episode_mean=self.episode_mean.to_json(),
+            last_return=self.last_return, wall_time_s=wall, metrics_bytes=self.metrics.bytes_written)
+        progress = Progress(env_steps=self.env_steps, target_steps=self.cfg.train.steps, updates=self.updates,
+                            episodes=self.episodes, last_return=self.last_return, wall_time_s=wall, steps_per_s=rate)
+        extra = CommitExtra(progress, self.run_id, loop, device_fingerprint().to_text()).to_json()
         blobs = {"agent_state": self.learner.state_to_bytes(self.state),
                  "policy_carry": flax.serialization.to_bytes(jax.device_get(self.carry))}
         lagged = self.policy.to_bytes(self.updates)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.records import CommitExtra, RecordError
 from orchestrator import slurm
 from orchestrator.sweep import Sweep, read_json
 
@@ -89,18 +90,20 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
     state = read_json(paths.state) or {}
     st = RunStatus(run=run, state="NEW", target_steps=cfg.train.steps,
                    warnings=list(state.get("warnings", [])))
-    commit = latest_commit(paths.durable)
+    commit, extra = latest_commit(paths.durable), None
     if commit:
-        extra = commit.get("extra", {})
-        prog = extra.get("progress", {})
         st.commit = commit.get("commit")
         st.commit_age_s = now - commit["time"] if commit.get("time") else None
-        st.env_steps = prog.get("env_steps")
-        st.target_steps = prog.get("target_steps") or st.target_steps
-        st.last_return = prog.get("last_return")
-        st.steps_per_s = prog.get("steps_per_s")
-        st.wandb_run_id = extra.get("wandb_run_id")
-        if st.env_steps is not None and st.target_steps:
+        try:
+            extra = CommitExtra.from_json(commit.get("extra"))
+        except RecordError as e:  # status must render whatever state a store is in
+            st.warnings.append(f"commit {st.commit}: {e}")
+    if extra is not None:
+        prog = extra.progress
+        st.env_steps, st.last_return, st.steps_per_s = prog.env_steps, prog.last_return, prog.steps_per_s
+        st.target_steps = prog.target_steps or st.target_steps
+        st.wandb_run_id = extra.wandb_run_id
+        if st.target_steps:
             st.percent = 100.0 * st.env_steps / st.target_steps
             if st.steps_per_s:
                 st.eta_s = max(st.target_steps - st.env_steps, 0) / st.steps_per_s

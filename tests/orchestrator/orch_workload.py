@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.records import CommitExtra, Progress
 from buffer import CorruptChunkError, FieldSpec, NoRestorableCommitError, Replay, WriterFencedError
 
 WORKLOAD = "tests.orchestrator.orch_workload:train"  # jobs import it with the checkout on PYTHONPATH
@@ -73,7 +74,7 @@ def train(cfg: Any, ctx: Any) -> str:
     store = _ReplayStore(cfg, ctx)
     restored = store.restore()
     s = restored[1] if restored else _fresh(cfg.seed)
-    wandb_id = restored[0].get("wandb_run_id") if restored else f"bandit-{cfg.seed}-{os.getpid()}"
+    wandb_id = CommitExtra.from_json(restored[0]).wandb_run_id if restored else f"bandit-{cfg.seed}-{os.getpid()}"
     rng = np.random.default_rng()
     rng.bit_generator.state = s["rng"]
     target = cfg.train.steps
@@ -83,10 +84,9 @@ def train(cfg: Any, ctx: Any) -> str:
     def commit() -> None:
         s["rng"] = rng.bit_generator.state
         rate = (s["steps"] - steps0) / max(time.time() - t0, 1e-9)
-        progress = {"env_steps": s["steps"], "target_steps": target, "updates": s["steps"],
-                    "episodes": s["episodes"], "last_return": s["last_return"],
-                    "wall_time_s": time.time() - t0, "steps_per_s": rate}
-        store.commit({"progress": progress, "wandb_run_id": wandb_id, "device": {"kind": "cpu"}}, s)
+        progress = Progress(env_steps=s["steps"], target_steps=target, updates=s["steps"], episodes=s["episodes"],
+                            last_return=s["last_return"], wall_time_s=time.time() - t0, steps_per_s=rate)
+        store.commit(CommitExtra(progress, wandb_id).to_json(), s)
 
     try:
         while s["steps"] < target:
