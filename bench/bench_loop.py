@@ -48,7 +48,7 @@ from agent.device import device_fingerprint
 from agent.envs import EnvConfig, VecEnv, make_env
 from agent.envs.base import FieldSpec
 from agent.learner import Learner, PolicyCarry, jit_train_step, make_learner
-from agent.run_config import AgentRunConfig, RunContext, TrainConfig, WandbConfig
+from agent.run_config import AgentRunConfig, EvalConfig, RunContext, TrainConfig, WandbConfig
 from agent.train import step_schema, train
 from buffer import Replay, ReplayConfig
 
@@ -225,7 +225,7 @@ def _cfg(agent: str, env: EnvConfig, **train_kw) -> AgentRunConfig:
     agent_cfg = agent_config_from(OmegaConf.load(REPO / "experiments" / "agent" / f"{agent}.yaml"))
     return AgentRunConfig(seed=0, agent=agent_cfg, env=env, train=TrainConfig(**train_kw),
                           replay=ReplayConfig(capacity=200_000, chunk=256, inner=16, fsync=False),
-                          wandb=WandbConfig(mode="disabled"))
+                          wandb=WandbConfig(mode="disabled"), eval=EvalConfig(every=0))
 
 
 def schedule_presets(quick: bool) -> list[dict]:

@@ -53,7 +53,7 @@ def compose(agent: str, env: str, steps: int, overrides: list[str], seed: int) -
                              "env": OmegaConf.load(exp / "env" / f"{env}.yaml"),
                              "train": {**DEFAULT_TRAIN, "steps": steps},
                              "replay": {"capacity": max(steps, 100_000), "chunk": 256, "inner": 64},
-                             "wandb": {"mode": "disabled"}})
+                             "wandb": {"mode": "disabled"}, "eval": {"every": 0}})
     tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(overrides))
     return OmegaConf.to_object(OmegaConf.merge(structured_schema(AgentRunConfig), tree))
 

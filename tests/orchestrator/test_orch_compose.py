@@ -82,3 +82,19 @@ def test_validate_rejects_signal_grace_beyond_the_time_limit():
     with pytest.raises(ConfigError, match=r"signal_grace_s=700 must be in \(0, time_min\*60=600\)"):
         validate({"cluster": {"time_min": 10, "signal_grace_s": 700}})
     assert ClusterConfig().kind == "local"
+
+
+def test_the_root_config_repeats_no_dataclass_default():
+    """One source per default: experiments/config.yaml holds only what the schema's dataclasses cannot."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.config import RootConfig
+
+    root = OmegaConf.load(EXPERIMENTS_DIR / "config.yaml")
+    defaults = OmegaConf.structured(RootConfig)
+    repeated = []
+    for section in (k for k in root if k != "defaults"):
+        for key, value in OmegaConf.to_container(root[section], resolve=False).items():
+            if value == defaults[section][key]:
+                repeated.append(f"{section}.{key}")
+    assert repeated == [], f"experiments/config.yaml repeats the dataclass defaults of {repeated}"
