@@ -18,8 +18,8 @@ Presets:
   `even`: one update per loop step, as long as an env step (a serial loop: 0.5). `lumpy`: one update every 4
   steps, 4 env steps long, with policy lag 0 (each 4th step waits for it) and 1 (it runs while the envs step).
 - `cpu`: passive T-Maze with the tiny agent, env processes on (envs and learner share the machine's cores).
-- `gpu`: the mmaze9x9 experiment (its agent, Memory Maze 9x9), 16 env processes, ratio 64, B4 x T1024; needs an
-  accelerator (skipped, and said so, without one).
+- `gpu`: the mmaze experiment with env=mmaze9x9 (its agent, Memory Maze 9x9), 16 env processes, ratio 64,
+  B4 x T1024; needs an accelerator (skipped, and said so, without one).
 """
 
 from __future__ import annotations
@@ -259,9 +259,9 @@ def gpu_preset(quick: bool) -> dict:
     from orchestrator.compose import compose_runs
     from orchestrator.config import agent_run_config
 
-    spec = compose_runs("mmaze9x9", args=["train.num_envs=16", "train.prefill=16384", "train.steps=40960",
-                                          "train.commit_every_min=1000", "replay.fsync=false",
-                                          "wandb.mode=disabled"])[0]
+    spec = compose_runs("mmaze", args=["env=mmaze9x9", "train.num_envs=16", "train.prefill=16384",
+                                       "train.steps=40960", "train.commit_every_min=1000", "replay.fsync=false",
+                                       "wandb.mode=disabled"])[0]
     return measure("gpu-mmaze9x9", agent_run_config(spec.cfg), None, None, 10 if quick else 30)
 
 

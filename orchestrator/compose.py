@@ -106,6 +106,12 @@ def compose_runs(
     """Compose and validate every run of `exp` x `seeds` x sweep overrides; nothing is written."""
     exps = available(experiments_dir / "exp")
     if exp not in exps:
+        # the experiments that once existed per env (popgym_<task>, mmaze<N>x<N>) are one experiment each now
+        renamed = [e for e in exps if exp.startswith(e) and exp in available(experiments_dir / "env")
+                   and "/env: ???" in (experiments_dir / "exp" / f"{e}.yaml").read_text()]
+        if renamed:
+            raise ComposeError(f"experiment {exp!r} is EXP={renamed[0]} with the env chosen: "
+                               f'make submit EXP={renamed[0]} ARGS="env={exp}"')
         raise ComposeError(f"unknown experiment {exp!r}; available: {', '.join(exps)}")
     profiles = available(profiles_dir)
     if profile not in profiles:

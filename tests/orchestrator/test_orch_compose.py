@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 
 from orchestrator.compose import ComposeError, available, compose_runs, expand_sweeps
@@ -11,20 +16,52 @@ PAPER_POPGYM = [f"popgym_{t}{lvl}" for t in ("RepeatPrevious", "Autoencode", "Co
                 for lvl in ("Easy", "Medium", "Hard")]
 
 
+MMAZE = [f"mmaze{n}x{n}" for n in (9, 11, 13, 15)]
+# The composed config (without `run`) of each env's experiment from when every env had a file of its own
+GOLDEN = Path(__file__).parent / "golden" / "env_experiments.json"
+
+
+def _env_exp(env: str) -> str:
+    return "popgym" if env.startswith("popgym_") else "mmaze"
+
+
+def _digest(cfg) -> str:
+    d = asdict(cfg)
+    d.pop("run")  # the experiment's name, and the sweep root of whoever runs the test
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def test_every_shipped_experiment_composes_and_validates():
+    """And each env of popgym and mmaze composes the config its own experiment file did when it had one."""
     exps = available(EXPERIMENTS_DIR / "exp")
-    mmaze = {"mmaze9x9", "mmaze11x11", "mmaze13x13", "mmaze15x15"}
-    assert {"smoke", "tmaze", *PAPER_POPGYM, *mmaze} <= set(exps)
-    for exp in exps:
+    assert {"smoke", "tmaze", "tmaze20", "popgym", "mmaze"} <= set(exps)
+    for exp in set(exps) - {"popgym", "mmaze"}:
         (run,) = compose_runs(exp, None, [], "local")
+        assert run.cfg.run.exp == exp and run.cfg.cluster.kind == "local"
+    golden = json.loads(GOLDEN.read_text())
+    for env in PAPER_POPGYM + MMAZE:
+        (run,) = compose_runs(_env_exp(env), None, [f"env={env}"], "local")
         cfg = run.cfg
-        assert cfg.run.exp == exp and cfg.cluster.kind == "local"
-        if exp.startswith("popgym_"):
-            assert cfg.env.kind == "popgym" and cfg.env.id == f"popgym-{exp[len('popgym_'):]}-v0"
-        if exp.startswith("mmaze"):
-            assert cfg.env.kind == "mmaze" and cfg.env.id == exp[len("mmaze"):]
+        assert _digest(cfg) == golden[env], f"EXP={_env_exp(env)} env={env} composes another config than before"
+        assert cfg.run.exp == _env_exp(env) and cfg.cluster.kind == "local"
+        if env.startswith("popgym_"):
+            assert cfg.env.kind == "popgym" and cfg.env.id == f"popgym-{env[len('popgym_'):]}-v0"
+        else:
+            assert cfg.env.kind == "mmaze" and cfg.env.id == env[len("mmaze"):]
     tmaze = compose_runs("tmaze", None, [], "local")[0].cfg.env
     assert tmaze.kind == "tmaze" and tmaze.id == "passive" and tmaze.memory_length >= 20
+
+
+@pytest.mark.parametrize("exp", ["popgym", "mmaze"])
+def test_an_env_experiment_without_its_env_names_the_choices(exp):
+    with pytest.raises(ComposeError, match="You must specify 'env'"):
+        compose_runs(exp, None, [], "local")
+
+
+@pytest.mark.parametrize("old, new", [("popgym_AutoencodeHard", "popgym"), ("mmaze9x9", "mmaze")])
+def test_an_old_per_env_experiment_name_is_an_error_with_the_new_spelling(old, new):
+    with pytest.raises(ComposeError, match=f'make submit EXP={new} ARGS="env={old}"'):
+        compose_runs(old, None, [], "local")
 
 
 def test_seeds_times_sweep_values_give_one_run_each():
@@ -42,7 +79,7 @@ def test_hydra_sweep_grammar_is_expanded():
 
 
 def test_unknown_experiment_lists_the_available_ones():
-    with pytest.raises(ComposeError, match=r"unknown experiment 'nope'; available: .*mmaze9x9.*smoke"):
+    with pytest.raises(ComposeError, match="unknown experiment 'nope'; available: mmaze, popgym, smoke, tmaze,"):
         compose_runs("nope", [0], [], "local")
 
 
