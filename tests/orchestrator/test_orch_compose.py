@@ -79,7 +79,7 @@ def test_hydra_sweep_grammar_is_expanded():
 
 
 def test_unknown_experiment_lists_the_available_ones():
-    with pytest.raises(ComposeError, match="unknown experiment 'nope'; available: learn, mmaze, popgym, popgym_small, smoke,"):
+    with pytest.raises(ComposeError, match="unknown experiment 'nope'; available: learn, mmaze, popgym, popgym_small,"):
         compose_runs("nope", [0], [], "local")
 
 
