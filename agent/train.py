@@ -262,7 +262,7 @@ class _Loop:
 
     def _commit(self, background: bool) -> int:
         self._drain_metrics(wait=True)
-        t0 = time.monotonic()
+        started = time.monotonic()
         wall = self.wall_before + time.monotonic() - self.t0
         rate = (self.env_steps - self.attempt_start_steps) / max(time.monotonic() - self.t0, 1e-9)
         loop = LoopState(
@@ -282,7 +282,7 @@ class _Loop:
         self.metrics.flush()
         commit = self.replay.commit(extra, blobs, background=background)
         self.last_commit_time = time.monotonic()
-        self._emit(Committed(commit, self.env_steps, self.updates, background, self.last_commit_time - t0))
+        self._emit(Committed(commit, self.env_steps, self.updates, background, self.last_commit_time - started))
         return commit
 
     def _emit(self, event: LoopEvent) -> None:
