@@ -26,6 +26,7 @@ import numpy as np
 from agent import media
 from agent.envs import VecEnv
 from agent.learner import Learner, make_learner, normalize_obs_spec
+from agent.records import LoopState, RecordError
 from agent.run_config import AgentRunConfig
 from agent.world_model import WorldModel
 from buffer import read_latest_commit
@@ -271,10 +272,13 @@ def evaluate_commit(cfg: AgentRunConfig, durable_url: str, run_dir: Path, episod
     restored = read_latest_commit(durable_url)
     if restored is None:
         raise EvalError(f"{durable_url} has no commit yet: nothing to evaluate")
-    loop = restored.extra.get("loop") or {}
-    if loop.get("config_digest") not in (config_digest(cfg), config_digest(cfg, legacy=True)):
+    try:
+        loop = LoopState.from_json(restored.extra.get("loop"))
+    except RecordError as e:
+        raise EvalError(f"the newest commit of {durable_url} is not the training loop's: {e}") from e
+    if loop.config_digest not in (config_digest(cfg), config_digest(cfg, legacy=True)):
         raise EvalError(f"the newest commit of {durable_url} was made with another config than the run "
-                        f"folder's config.yaml (digest {loop.get('config_digest')} != {config_digest(cfg)})")
+                        f"folder's config.yaml (digest {loop.config_digest} != {config_digest(cfg)})")
     if episodes is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, episodes=episodes))
     ev = Evaluator(cfg, run_dir, media_subdir="eval")
@@ -282,7 +286,7 @@ def evaluate_commit(cfg: AgentRunConfig, durable_url: str, run_dir: Path, episod
         learner = ev.learner
         template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
         params = jax.tree.map(jnp.asarray, learner.state_from_bytes(template, restored.blobs["agent_state"]).params)
-        result = ev.run(params, int(loop["env_steps"]), seed=seed, name=f"{restored.commit_id:010d}")
+        result = ev.run(params, loop.env_steps, seed=seed, name=f"{restored.commit_id:010d}")
     finally:
         ev.close()
     result = dataclasses.replace(result, commit=restored.commit_id)

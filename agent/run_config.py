@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from agent.config import AgentConfig, ConfigError
 from agent.envs.config import EnvConfig
+from agent.events import LoopEvent
 from buffer import ReplayConfig
 
 
@@ -16,7 +17,7 @@ from buffer import ReplayConfig
 class TrainConfig:
     """Counters of the loop. Everything that shapes the trajectory is counted in env steps, never in seconds."""
 
-    steps: int = 1_000_000  # env steps to run, all envs together
+    steps: int = 100_000  # env steps to run, all envs together
     num_envs: int = 4
     env_processes: bool = True  # one worker process per env (False: in this process; cheap envs and tests)
     train_ratio: int = 64  # replayed steps (batch * length) per env step
@@ -65,7 +66,7 @@ class EvalConfig:
     """Evaluation in envs of its own, from the current params at fixed env steps; never part of the trajectory
     (not in the config digest: changing it still resumes the same run). Media land under `<run>/media/`."""
 
-    every: int = 0  # env steps between evaluations (at each multiple crossed); 0: off
+    every: int = 10_000  # env steps between evaluations (at each multiple crossed); 0: off
     episodes: int = 8  # episodes per evaluation; `eval/*` rows are their means
     envs: int = 0  # eval envs stepped in lockstep in the trainer's process (memory!); 0: one per episode
     policy: str = "mode"  # mode: argmax of the actor | sample: a draw from it (never `agent.act_explore`)
@@ -109,3 +110,4 @@ class RunContext:
     log_dir: str  # metrics.jsonl and wandb files
     writer_token: str  # unique per attempt; a newer attempt fences this one's commits off
     should_stop: Callable[[], bool]  # polled at step boundaries; True -> commit and return "stopped"
+    on_event: Callable[[LoopEvent], None] | None = None  # told what the loop did (agent/events.py); None: nobody

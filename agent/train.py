@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections import deque
@@ -36,28 +35,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from agent.device import DeviceFingerprint, device_fingerprint
 from agent.envs import VecEnv
 from agent.envs.config import EnvConfig
 from agent.evaluate import Evaluator
+from agent.events import Committed, LoopEvent, Resumed, Stopped
 from agent.learner import Learner, PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
+from agent.records import LOOP_FORMAT, CommitExtra, LoopState, Progress, RecordError
 from agent.run_config import AgentRunConfig, RunContext
 from buffer import FieldSpec, Replay
 
 log = logging.getLogger(__name__)
 Outcome = Literal["done", "stopped"]
-__all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step_schema", "device_fingerprint"]
-LOOP_FORMAT = 1
+__all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step_schema"]
 
 
 class ResumeError(RuntimeError):
     """A durable commit that this config cannot continue from (different run, format or shapes)."""
-
-
-def device_fingerprint() -> str:
-    """What decides the bits of XLA's results: backend, device kinds and count, visible CPU cores."""
-    kinds = sorted({d.device_kind for d in jax.devices()})
-    return f"{jax.default_backend()}:{','.join(kinds)}:x{jax.device_count()}:cores={len(os.sched_getaffinity(0))}"
 
 
 def _derived_seed(seed: int, purpose: str) -> int:
@@ -231,16 +226,25 @@ class _Loop:
         self.wall_before = 0.0
         self.metrics.open(committed_bytes=0)
 
-    def _resume(self, extra: dict, blobs: dict[str, bytes]) -> None:
-        loop = extra.get("loop")
-        if not isinstance(loop, dict) or loop.get("format") != LOOP_FORMAT:
+    def _resume(self, extra_json: dict, blobs: dict[str, bytes]) -> None:
+        try:
+            extra = CommitExtra.from_json(extra_json)
+        except RecordError as e:
+            raise ResumeError(f"durable commit at {self.ctx.durable_url}: {e}") from e
+        loop = extra.loop
+        if loop is None:
             raise ResumeError(f"durable commit at {self.ctx.durable_url} has no loop state of format {LOOP_FORMAT}")
         digest = config_digest(self.cfg)
-        if loop["config_digest"] not in (digest, config_digest(self.cfg, legacy=True)):
+        if loop.config_digest not in (digest, config_digest(self.cfg, legacy=True)):
             raise ResumeError(f"durable store {self.ctx.durable_url} belongs to a run with another config "
-                              f"(digest {loop['config_digest']} != {digest})")
-        if extra.get("device") != device_fingerprint():
-            warnings.warn(f"resuming on different hardware ({extra.get('device')} -> {device_fingerprint()}): the "
+                              f"(digest {loop.config_digest} != {digest})")
+        here = device_fingerprint()
+        try:
+            moved = DeviceFingerprint.from_json(extra.device).differences(here)
+        except ValueError:  # no fingerprint, or one not ours: nothing says the hardware is the same
+            moved = ["device"]
+        if moved:
+            warnings.warn(f"resuming on different hardware ({extra.device} -> {here.to_text()}): the "
                           "committed state is exact, but later results will not be bit-identical to an "
                           "uninterrupted run", stacklevel=2)
         template = jax.eval_shape(self.learner.init, jax.random.PRNGKey(0))
@@ -248,32 +252,31 @@ class _Loop:
         self.carry = flax.serialization.from_bytes(
             self.learner.init_policy_carry(self.cfg.train.num_envs), blobs["policy_carry"])
         self.carry = PolicyCarry(*(self._to_policy(x) for x in self.carry))
-        self.key = self._to_policy(np.array(loop["key"], np.uint32))
+        self.key = self._to_policy(np.array(loop.key, np.uint32))
         self.obs = self.env.restore({k[4:]: v for k, v in blobs.items() if k.startswith("env/")})
-        self.env_steps, self.updates, self.episodes = loop["env_steps"], loop["updates"], loop["episodes"]
+        self.env_steps, self.updates, self.episodes = loop.env_steps, loop.updates, loop.episodes
         self.policy.restore(self.updates, self.state.params, blobs.get("policy_params"))
-        self.train_mean, self.episode_mean = Mean.from_json(loop["train_mean"]), Mean.from_json(loop["episode_mean"])
-        self.last_return = loop["last_return"]
-        self.wall_before = loop["wall_time_s"]
-        self.metrics.open(committed_bytes=loop["metrics_bytes"])
+        self.train_mean, self.episode_mean = Mean.from_json(loop.train_mean), Mean.from_json(loop.episode_mean)
+        self.last_return = loop.last_return
+        self.wall_before = loop.wall_time_s
+        self.metrics.open(committed_bytes=loop.metrics_bytes)
         log.info("resumed at env step %d, update %d (commit %s)", self.env_steps, self.updates,
                  self.replay.info["commit"])
+        self._emit(Resumed(self.env_steps, self.updates, int(self.replay.info["commit"])))
 
     def _commit(self, background: bool) -> int:
         self._drain_metrics(wait=True)
+        started = time.monotonic()
         wall = self.wall_before + time.monotonic() - self.t0
         rate = (self.env_steps - self.attempt_start_steps) / max(time.monotonic() - self.t0, 1e-9)
-        loop = {
-            "format": LOOP_FORMAT, "config_digest": config_digest(self.cfg),
-            "env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes,
-            "key": np.asarray(jax.device_get(self.key)).tolist(),
-            "train_mean": self.train_mean.to_json(), "episode_mean": self.episode_mean.to_json(),
-            "last_return": self.last_return, "wall_time_s": wall, "metrics_bytes": self.metrics.bytes_written,
-        }
-        progress = {"env_steps": self.env_steps, "target_steps": self.cfg.train.steps, "updates": self.updates,
-                    "episodes": self.episodes, "last_return": self.last_return, "wall_time_s": wall,
-                    "steps_per_s": rate}
-        extra = {"loop": loop, "progress": progress, "wandb_run_id": self.run_id, "device": device_fingerprint()}
+        loop = LoopState(
+            format=LOOP_FORMAT, config_digest=config_digest(self.cfg), env_steps=self.env_steps,
+            updates=self.updates, episodes=self.episodes, key=tuple(np.asarray(jax.device_get(self.key)).tolist()),
+            train_mean=self.train_mean.to_json(), episode_mean=self.episode_mean.to_json(),
+            last_return=self.last_return, wall_time_s=wall, metrics_bytes=self.metrics.bytes_written)
+        progress = Progress(env_steps=self.env_steps, target_steps=self.cfg.train.steps, updates=self.updates,
+                            episodes=self.episodes, last_return=self.last_return, wall_time_s=wall, steps_per_s=rate)
+        extra = CommitExtra(progress, self.run_id, loop, device_fingerprint().to_text()).to_json()
         blobs = {"agent_state": self.learner.state_to_bytes(self.state),
                  "policy_carry": flax.serialization.to_bytes(jax.device_get(self.carry))}
         lagged = self.policy.to_bytes(self.updates)
@@ -283,7 +286,12 @@ class _Loop:
         self.metrics.flush()
         commit = self.replay.commit(extra, blobs, background=background)
         self.last_commit_time = time.monotonic()
+        self._emit(Committed(commit, self.env_steps, self.updates, background, self.last_commit_time - started))
         return commit
+
+    def _emit(self, event: LoopEvent) -> None:
+        if self.ctx.on_event is not None:
+            self.ctx.on_event(event)
 
     # --- loop ---------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -309,6 +317,7 @@ class _Loop:
             if self.ctx.should_stop():
                 self._commit(background=False)
                 log.info("stopped at env step %d with a commit", self.env_steps)
+                self._emit(Stopped(self.env_steps))
                 return "stopped"
             self._step()
             self._maybe_evaluate()

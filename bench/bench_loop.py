@@ -18,8 +18,8 @@ Presets:
   `even`: one update per loop step, as long as an env step (a serial loop: 0.5). `lumpy`: one update every 4
   steps, 4 env steps long, with policy lag 0 (each 4th step waits for it) and 1 (it runs while the envs step).
 - `cpu`: passive T-Maze with the tiny agent, env processes on (envs and learner share the machine's cores).
-- `gpu`: the mmaze9x9 experiment (its agent, Memory Maze 9x9), 16 env processes, ratio 64, B4 x T1024; needs an
-  accelerator (skipped, and said so, without one).
+- `gpu`: the mmaze experiment with env=mmaze9x9 (its agent, Memory Maze 9x9), 16 env processes, ratio 64,
+  B4 x T1024; needs an accelerator (skipped, and said so, without one).
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from agent.config import agent_config_from
+from agent.device import device_fingerprint
 from agent.envs import EnvConfig, VecEnv, make_env
 from agent.envs.base import FieldSpec
 from agent.learner import Learner, PolicyCarry, jit_train_step, make_learner
-from agent.run_config import AgentRunConfig, RunContext, TrainConfig, WandbConfig
-from agent.train import device_fingerprint, step_schema, train
+from agent.run_config import AgentRunConfig, EvalConfig, RunContext, TrainConfig, WandbConfig
+from agent.train import step_schema, train
 from buffer import Replay, ReplayConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +225,7 @@ def _cfg(agent: str, env: EnvConfig, **train_kw) -> AgentRunConfig:
     agent_cfg = agent_config_from(OmegaConf.load(REPO / "experiments" / "agent" / f"{agent}.yaml"))
     return AgentRunConfig(seed=0, agent=agent_cfg, env=env, train=TrainConfig(**train_kw),
                           replay=ReplayConfig(capacity=200_000, chunk=256, inner=16, fsync=False),
-                          wandb=WandbConfig(mode="disabled"))
+                          wandb=WandbConfig(mode="disabled"), eval=EvalConfig(every=0))
 
 
 def schedule_presets(quick: bool) -> list[dict]:
@@ -258,9 +259,9 @@ def gpu_preset(quick: bool) -> dict:
     from orchestrator.compose import compose_runs
     from orchestrator.config import agent_run_config
 
-    spec = compose_runs("mmaze9x9", args=["train.num_envs=16", "train.prefill=16384", "train.steps=40960",
-                                          "train.commit_every_min=1000", "replay.fsync=false",
-                                          "wandb.mode=disabled"])[0]
+    spec = compose_runs("mmaze", args=["env=mmaze9x9", "train.num_envs=16", "train.prefill=16384",
+                                       "train.steps=40960", "train.commit_every_min=1000", "replay.fsync=false",
+                                       "wandb.mode=disabled"])[0]
     return measure("gpu-mmaze9x9", agent_run_config(spec.cfg), None, None, 10 if quick else 30)
 
 
@@ -278,7 +279,7 @@ def main() -> None:
     unknown = set(presets) - {"schedule", "cpu", "gpu"}
     if unknown:
         ap.error(f"unknown preset(s) {sorted(unknown)}; expected schedule, cpu, gpu")
-    res: dict = {"quick": args.quick, "device": device_fingerprint(), "platform": platform.platform(),
+    res: dict = {"quick": args.quick, "device": device_fingerprint().to_text(), "platform": platform.platform(),
                  "jax": jax.__version__, "load_avg_1m_start": os.getloadavg()[0]}
     if "schedule" in presets and args.cpu_devices:
         res["schedule"] = schedule_presets(args.quick)

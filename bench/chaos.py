@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.chaos import KINDS, ChaosError, Settings, compact_events, run_trial, verdict
+from bench.chaos_faults import KINDS, ChaosError, Settings, run_trial
+from bench.chaos_verdict import compact_events, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 GRACE = {"timeout": "signal_grace_s (15 s before 1ecd40d, 40 s since) to +30 s (USR2 on the 30 s timer), "
@@ -32,8 +33,8 @@ def code_digest(root: Path = REPO) -> str:
     """sha256 over the code and configs the jobs import: each trial's jobs load them afresh, so an edit during a run
     would silently compare trials of different code."""
     h = hashlib.sha256()
-    for pkg in ("agent", "buffer", "orchestrator", "experiments", "slurm"):
-        for f in sorted((root / pkg).rglob("*")):
+    for pkg in ("agent", "buffer", "orchestrator", "experiments", "slurm", "bench/chaos_entry.py"):
+        for f in sorted((root / pkg).rglob("*")) if (root / pkg).is_dir() else [root / pkg]:
             if f.is_file() and f.suffix in (".py", ".yaml", ".sh", ".conf") and "__pycache__" not in f.parts:
                 h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]

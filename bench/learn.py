@@ -3,6 +3,8 @@
     python -m bench.learn --recipe tmaze_passive_L20          # a named, recorded setting (RECIPES below)
     python -m bench.learn --agent tmaze_small --env tmaze_passive --steps 60000 [--set train.batch=8 ...]
 
+Every config is composed by hydra from experiments/ (`orchestrator.compose`), as `make submit` composes it.
+
 Writes bench/results/learn_<name>.json (curve, wall time, final success/return, the step and wall time at which
 the target was first reached, config) and a PNG plot.
 """
@@ -20,42 +22,39 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from agent.config import structured_schema
 from agent.run_config import AgentRunConfig
 from agent.train import RunContext, train
+from orchestrator.compose import compose_runs
+from orchestrator.config import agent_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
-# Loop settings for CPU learning runs; anything can be overridden with --set.
-DEFAULT_TRAIN = dict(num_envs=4, env_processes=False, train_ratio=64, batch=8, length=64, prefill=2000,
-                     commit_every_min=5.0, log_every=1000)
-
-
-# The settings behind the curves in the README. Success and returns are those of the training episodes (the policy
-# samples its actions; there is no separate greedy evaluation, as in the reference).
-_LOOP = ["train.num_envs=16", "train.train_ratio=16", "train.batch=8", "train.length=64", "train.prefill=2000",
-         "train.log_every=2000", "replay.capacity=200000"]
+# What an in-process benchmark run changes of an experiment: nothing synced, no separate evaluation (success and
+# returns are those of the training episodes: the policy samples its actions, as in the reference), a commit every
+# 5 minutes. None of it is part of the trajectory.
+BENCH = ["wandb.mode=disabled", "eval.every=0", "train.commit_every_min=5.0"]
+# The settings behind the curves in the README: experiments (experiments/exp/), the same that `make submit` runs.
 RECIPES: dict[str, dict] = {
-    # = experiments/exp/tmaze20.yaml (tests/orchestrator/test_learn_recipes.py); why each setting: that file
-    "tmaze_passive_L20": dict(agent="tmaze_small", env="tmaze_passive", steps=160_000, target=0.95,
-                              set=["env.memory_length=20", "env.episode_length=30", "env.penalty_rule=stall",
-                                   "env.goal_reward=10.0", "env.step_penalty=-0.3448275862068966", *_LOOP]),
-    # rewards x10: +-1/48 per step is a fifth of a two-hot bin (see experiments/exp/tmaze20.yaml)
-    "popgym_repeat_previous_easy": dict(agent="tmaze_small", env="popgym_RepeatPreviousEasy", steps=40_000,
-                                        target=None, set=[*_LOOP, "env.reward_scale=10.0"]),
+    "tmaze_passive_L20": dict(exp="tmaze20", target=0.95),
+    "popgym_repeat_previous_easy": dict(exp="popgym_small", target=None),
 }
+ADHOC = "learn"  # the experiment of --agent/--env runs
+
+
+def compose_exp(exp: str, overrides: list[str], seed: int) -> AgentRunConfig:
+    """An experiment as a benchmark runs it (BENCH, then `overrides`: hydra overrides, one run)."""
+    runs = compose_runs(exp, [seed], [*BENCH, *overrides], "local")
+    if len(runs) != 1:
+        raise ValueError(f"bench.learn runs one config; the overrides {overrides} make {len(runs)} (a sweep)")
+    return agent_run_config(runs[0].cfg)
 
 
 def compose(agent: str, env: str, steps: int, overrides: list[str], seed: int) -> AgentRunConfig:
-    exp = REPO / "experiments"
-    tree = OmegaConf.create({"seed": seed, "agent": OmegaConf.load(exp / "agent" / f"{agent}.yaml"),
-                             "env": OmegaConf.load(exp / "env" / f"{env}.yaml"),
-                             "train": {**DEFAULT_TRAIN, "steps": steps},
-                             "replay": {"capacity": max(steps, 100_000), "chunk": 256, "inner": 64},
-                             "wandb": {"mode": "disabled"}})
-    tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(overrides))
-    return OmegaConf.to_object(OmegaConf.merge(structured_schema(AgentRunConfig), tree))
+    """An ad-hoc run: `agent` and `env` presets with the CPU loop of experiments/exp/learn.yaml, a replay that holds
+    max(steps, 100k) steps, then `overrides`."""
+    return compose_exp(ADHOC, [f"agent={agent}", f"env={env}", f"train.steps={steps}",
+                               f"replay.capacity={max(steps, 100_000)}", *overrides], seed)
 
 
 def read_curve(log_dir: Path) -> list[dict]:
@@ -89,12 +88,12 @@ def plot(curve: list[dict], key: str, title: str, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", choices=sorted(RECIPES), help="a named setting; --set adds to it")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), help="a named setting (an experiment); --set adds to it")
     ap.add_argument("--agent", default="tmaze_small", help="experiments/agent/<name>.yaml")
     ap.add_argument("--env", default="tmaze_passive", help="experiments/env/<name>.yaml")
     ap.add_argument("--steps", type=int, default=None, help="env steps (default: the recipe's, else 60000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", nargs="*", default=[], help="dotlist overrides, e.g. train.batch=16 env.memory_length=50")
+    ap.add_argument("--set", nargs="*", default=[], help="hydra overrides, e.g. train.batch=16 env.memory_length=50")
     ap.add_argument("--name", default="")
     ap.add_argument("--workdir", default="/tmp/r2i-learn")
     ap.add_argument("--resume", action="store_true",
@@ -104,14 +103,13 @@ def main() -> None:
     target = None
     if args.recipe:
         r = RECIPES[args.recipe]
-        args.agent, args.env, target = r["agent"], r["env"], r["target"]
-        args.steps = args.steps or r["steps"]
-        args.set = [*r["set"], *args.set]
-        args.name = args.name or args.recipe
-
-    args.steps = args.steps or 60_000
-    cfg = compose(args.agent, args.env, args.steps, args.set, args.seed)
-    name = args.name or f"{args.agent}_{cfg.env.name}"
+        target = r["target"]
+        steps = [f"train.steps={args.steps}"] if args.steps else []
+        cfg = compose_exp(r["exp"], [*steps, *args.set], args.seed)
+        name = args.name or args.recipe
+    else:
+        cfg = compose(args.agent, args.env, args.steps or 60_000, args.set, args.seed)
+        name = args.name or f"{args.agent}_{cfg.env.name}"
     root = Path(args.workdir) / name
     if not args.resume:
         shutil.rmtree(root, ignore_errors=True)
@@ -129,9 +127,10 @@ def main() -> None:
     result = {
         # over every attempt of the run (perf.jsonl carries the wall time across --resume)
         "name": name, "outcome": outcome, "wall_time_s": curve[-1].get("wall_time_s") or wall,
-        "env_steps": args.steps, "metric": key,
+        "env_steps": cfg.train.steps, "metric": key,
         "final_mean_last5_rows": sum(tail) / len(tail) if tail else None,
-        "target": target, "recipe": args.recipe, "overrides": args.set,
+        "target": target, "recipe": args.recipe, "exp": RECIPES[args.recipe]["exp"] if args.recipe else ADHOC,
+        "overrides": args.set,
         "target_reached_at": None if reached is None else {k: reached.get(k) for k in ("env_steps", "updates",
                                                                                          "wall_time_s")},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0))},

@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.envs import VecEnv
 from agent.train import step_schema
-from bench.learn import RECIPES, compose
+from bench.learn import RECIPES, compose_exp
 from buffer import Replay
 
 
@@ -45,8 +45,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="tmaze_passive_L20", choices=sorted(RECIPES))
     ap.add_argument("--window", type=int, default=10_000, help="env steps per row")
     args = ap.parse_args()
-    r = RECIPES[args.recipe]
-    cfg = compose(r["agent"], r["env"], r["steps"], r["set"], 0)
+    cfg = compose_exp(RECIPES[args.recipe]["exp"], [], 0)
     if cfg.env.kind != "tmaze":
         raise SystemExit(f"--recipe {args.recipe} is not a T-Maze recipe (env.kind={cfg.env.kind})")
     work = Path(tempfile.mkdtemp(prefix="r2i-tmaze-arms-"))

@@ -28,7 +28,7 @@ from agent import nets
 from agent.envs import VecEnv
 from agent.train import step_schema
 from agent.world_model import WorldModel
-from bench.learn import RECIPES, compose
+from bench.learn import RECIPES, compose_exp
 from buffer import Replay
 
 
@@ -40,8 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="r2i-wm-probe-"))
     shutil.copytree(Path(args.run) / "durable", work / "durable")
-    r = RECIPES["tmaze_passive_L20"]
-    cfg = compose(r["agent"], r["env"], r["steps"], [*r["set"], *args.set], 0)
+    cfg = compose_exp(RECIPES["tmaze_passive_L20"]["exp"], args.set, 0)
     env = VecEnv(cfg.env, cfg.train.num_envs, seed=0, processes=False)
     rep = Replay(step_schema(env.obs_spec()), cfg.train.num_envs, str(work / "scratch"), str(work / "durable"),
                  cfg.replay, batch=16, length=64, seed=1, force_first=True, writer_token=uuid.uuid4().hex)

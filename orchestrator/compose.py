@@ -105,8 +105,14 @@ def compose_runs(
 ) -> list[RunSpec]:
     """Compose and validate every run of `exp` x `seeds` x sweep overrides; nothing is written."""
     exps = available(experiments_dir / "exp")
+    env_of = ""
     if exp not in exps:
-        raise ComposeError(f"unknown experiment {exp!r}; available: {', '.join(exps)}")
+        # an env of popgym or mmaze names its experiment: EXP=mmaze9x9 is EXP=mmaze ARGS="env=mmaze9x9"
+        base = [e for e in exps if exp.startswith(e) and exp in available(experiments_dir / "env")
+                and "/env: ???" in (experiments_dir / "exp" / f"{e}.yaml").read_text()]
+        if not base:
+            raise ComposeError(f"unknown experiment {exp!r}; available: {', '.join(exps)}")
+        env_of, exp = exp, base[0]
     profiles = available(profiles_dir)
     if profile not in profiles:
         raise ComposeError(f"unknown cluster profile {profile!r}; available: {', '.join(profiles)}")
@@ -114,7 +120,9 @@ def compose_runs(
     if seeds:
         user = [o for o in user if not o.startswith("seed=")] + ["seed=" + ",".join(str(s) for s in seeds)]
     variants = expand_sweeps(user)
-    base = [f"exp={exp}", f"cluster={profile}", f"run.exp={exp}"]
+    base = [f"exp={exp}", f"cluster={profile}", f"run.exp={env_of or exp}"]
+    if env_of and not any(o.split("=", 1)[0].lstrip("+~") == "env" for o in user):
+        base.append(f"env={env_of}")
     _register(profiles_dir)
     runs = []
     with initialize_config_dir(config_dir=str(experiments_dir.resolve()), version_base="1.3", job_name="r2i"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import platform
 import signal
 import socket
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.device import DeviceFingerprint, device_fingerprint
 from agent.run_config import RunContext
 from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError
 from orchestrator import slurm
@@ -85,21 +85,6 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def device_fingerprint() -> dict[str, Any]:
-    """Hardware facts that change XLA's bits: CPU model and usable cores, visible GPUs (not the hostname)."""
-    cpu = ""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    fp: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu, "cpus": len(os.sched_getaffinity(0)),
-                          "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
-    if "jax" in sys.modules:  # the entry may have imported it already on an earlier attempt in-process
-        fp["jax_devices"] = sorted({d.device_kind for d in sys.modules["jax"].devices()})
-    return fp
-
-
 DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
 
 
@@ -147,11 +132,12 @@ def run_job(run_dir: str) -> str:
         _log(f"run {run} is already done; nothing to do")
         return "done"
 
-    device = device_fingerprint()
+    here = device_fingerprint()  # before the entry imports jax: the host's facts
+    device = here.to_json()
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))
     restart = facts.restart_count if facts else 0
     previous = [a["device"] for a in state["attempts"] if a.get("device")]
-    if previous and previous[-1] != device:
+    if previous and DeviceFingerprint.from_json(previous[-1]).differences(here):
         warning = (f"attempt {len(state['attempts'])} runs on different hardware "
                    f"({previous[-1]} -> {device}): "
                    "it continues exactly from the committed state, but later bits will differ")

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.records import CommitExtra, RecordError
 from orchestrator import oom, slurm
-from orchestrator.sweep import Sweep, is_local_url, local_path, read_json
+from orchestrator.sweep import Sweep, read_json
 
 # Slurm states in which the job may still run again; anything else has ended.
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -25,24 +26,14 @@ LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIG
 
 
 def latest_commit(durable: str) -> dict | None:
-    """The newest commit of a durable store: {commit, time, extra}; the buffer's manifest, else the
-    `progress.json` that entries without a replay buffer write; None before the first commit."""
-    try:
-        from buffer import read_latest_manifest
+    """The newest commit of a durable store: {commit, time, extra} of the buffer's newest manifest; None before
+    the first commit, or when the store cannot be read."""
+    from buffer import read_latest_manifest
 
-        m = read_latest_manifest(durable)
-        if m is not None:
-            return m
+    try:
+        return read_latest_manifest(durable)
     except Exception:  # noqa: BLE001 - status must render whatever state a store is in
-        pass
-    if is_local_url(durable):
-        p = Path(local_path(durable)) / "progress.json"
-        if p.exists():
-            try:
-                return json.loads(p.read_text())
-            except ValueError:
-                return None
-    return None
+        return None
 
 
 @dataclass
@@ -67,12 +58,27 @@ class RunStatus:
     warnings: list[str] = field(default_factory=list)
 
 
-def pid_alive(pid: str) -> bool:
+def pid_alive(pid: int | str) -> bool:
+    """Whether process `pid` of this host still runs. A process of another user (EPERM) runs; a zombie (exited,
+    not yet reaped by its parent) does not; 0, negatives and non-numbers are no process (os.kill would signal a
+    process group)."""
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
+        n = int(pid)
+    except (TypeError, ValueError):
         return False
-    return True
+    if n <= 0:
+        return False
+    try:
+        os.kill(n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{n}/stat").read_text()
+    except OSError:
+        return True  # no procfs (or it just ended): os.kill's answer stands
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | None = None) -> RunStatus:
@@ -84,18 +90,20 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
     state = read_json(paths.state) or {}
     st = RunStatus(run=run, state="NEW", target_steps=cfg.train.steps,
                    warnings=list(state.get("warnings", [])))
-    commit = latest_commit(paths.durable)
+    commit, extra = latest_commit(paths.durable), None
     if commit:
-        extra = commit.get("extra", {})
-        prog = extra.get("progress", {})
         st.commit = commit.get("commit")
         st.commit_age_s = now - commit["time"] if commit.get("time") else None
-        st.env_steps = prog.get("env_steps")
-        st.target_steps = prog.get("target_steps") or st.target_steps
-        st.last_return = prog.get("last_return")
-        st.steps_per_s = prog.get("steps_per_s")
-        st.wandb_run_id = extra.get("wandb_run_id")
-        if st.env_steps is not None and st.target_steps:
+        try:
+            extra = CommitExtra.from_json(commit.get("extra"))
+        except RecordError as e:  # status must render whatever state a store is in
+            st.warnings.append(f"commit {st.commit}: {e}")
+    if extra is not None:
+        prog = extra.progress
+        st.env_steps, st.last_return, st.steps_per_s = prog.env_steps, prog.last_return, prog.steps_per_s
+        st.target_steps = prog.target_steps or st.target_steps
+        st.wandb_run_id = extra.wandb_run_id
+        if st.target_steps:
             st.percent = 100.0 * st.env_steps / st.target_steps
             if st.steps_per_s:
                 st.eta_s = max(st.target_steps - st.env_steps, 0) / st.steps_per_s

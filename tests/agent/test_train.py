@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,12 +39,14 @@ def make_cfg(env: str, steps: int = 96, evaluate: bool = False, **train_kw) -> A
                           eval=EvalConfig(every=32 if evaluate else 0, episodes=3, envs=2))
 
 
-def make_ctx(root: Path, stop_after: int | None = None, token: str = "t0") -> RunContext:
+def make_ctx(root: Path, stop_after: int | None = None, token: str = "t0", events: list | None = None) -> RunContext:
+    """`events`: a list the loop's events are appended to."""
     root.mkdir(parents=True, exist_ok=True)
     calls = iter(range(10**9))
     return RunContext(scratch_dir=str(root / "scratch"), durable_url=str(root / "durable"),
                       log_dir=str(root / "logs"), writer_token=token,
-                      should_stop=lambda: stop_after is not None and next(calls) >= stop_after)
+                      should_stop=lambda: stop_after is not None and next(calls) >= stop_after,
+                      on_event=None if events is None else events.append)
 
 
 def final_state(root: Path, cfg: AgentRunConfig) -> dict:
@@ -170,13 +173,26 @@ def test_evaluation_does_not_change_the_trajectory(tmp_path: Path, tmaze_eval_ru
 
 
 def test_rows_after_the_last_commit_are_redone_not_duplicated(tmp_path: Path) -> None:
+    from agent.events import Committed, LoopEvent, Resumed, Stopped
+
     cfg = make_cfg("tmaze")
-    assert train(cfg, make_ctx(tmp_path, stop_after=40)) == "stopped"
+    first: list[LoopEvent] = []
+    assert train(cfg, make_ctx(tmp_path, stop_after=40, events=first)) == "stopped"
+    # 40 iterations of 2 envs; the stop's commit (the first: commit_every_min is an hour) is 1, then the stop
+    assert [type(e) for e in first] == [Committed, Stopped] and first[1] == Stopped(80), first
+    assert (first[0].commit, first[0].env_steps, first[0].background) == (1, 80, False), first
+    assert all(LoopEvent.from_json(json.loads(json.dumps(e.to_json()))) == e for e in first)
     metrics = tmp_path / "logs" / "metrics.jsonl"
     committed = metrics.read_bytes()
     # A killed attempt may have written rows past its last commit; they must not survive the resume.
     metrics.write_bytes(committed + json.dumps({"env_steps": 999}).encode() + b"\n")
-    assert train(cfg, make_ctx(tmp_path, token="t1")) == "done"
+    second: list[LoopEvent] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train(cfg, make_ctx(tmp_path, token="t1", events=second)) == "done"
+    assert not [w for w in caught if "different hardware" in str(w.message)], "the same machine resumed"
+    assert second[0] == Resumed(80, first[0].updates, 1) and [type(e) for e in second] == [Resumed, Committed]
+    assert (second[1].commit, second[1].env_steps) == (2, 96), second
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["env_steps"] for r in rows] == [16, 32, 48, 64, 80, 96]
 

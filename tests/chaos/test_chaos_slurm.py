@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from orchestrator.chaos import Settings, run_trial, verdict
-from orchestrator.config import REPO_ROOT
+from bench.chaos_faults import Settings, run_trial
+from bench.chaos_verdict import verdict
 from tests.orchestrator.orch_workload import WORKLOAD
 
 # `make test-slurm` runs it as a `slurm` test and `make chaos` as its first step. The second copy of the job
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.chaos, pytest.mark.usefixtures("slu
 SETTINGS = Settings(
     overrides=("train.steps=400 train.log_every=20 train.commit_every_min=0.02 replay.chunk=32 replay.inner=16 "
                "cluster.cpus=1 cluster.time_min=5"),
-    target=WORKLOAD, env={"R2I_TEST_STEP_S": "0.03", "PYTHONPATH": str(REPO_ROOT)}, max_delay_s=3.0,
+    target=WORKLOAD, env={"R2I_TEST_STEP_S": "0.03"}, max_delay_s=3.0,
     timeout_s=150.0, faults_per_trial=1)
 
 

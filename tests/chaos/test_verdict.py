@@ -1,8 +1,8 @@
-"""orchestrator.chaos.verdict on hand-written trial records: lost and redone steps, restart and commit times."""
+"""bench.chaos_verdict.verdict on hand-written trial records: lost and redone steps, restart and commit times."""
 
 from __future__ import annotations
 
-from orchestrator.chaos import compact_events, verdict
+from bench.chaos_verdict import compact_events, verdict
 
 FP = {"blobs": {"agent_state": "a"}, "replay": "r", "loop": {"env_steps": 100}, "metrics": "m", "device": "d",
       "corrupt": []}
@@ -70,4 +70,8 @@ def test_the_code_digest_sees_an_edit_to_what_the_jobs_import_and_nothing_else(t
     (tmp_path / "agent" / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0")
     assert code_digest(tmp_path) == before
     (tmp_path / "agent" / "train.py").write_text("x = 2\n")
+    assert code_digest(tmp_path) != before
+    before = code_digest(tmp_path)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "chaos_entry.py").write_text("entry = 1\n")  # the jobs' run.entry
     assert code_digest(tmp_path) != before

@@ -5,8 +5,6 @@ updates the learner, appends the step to the real replay buffer, and writes a me
 `train.log_every` steps. It polls `should_stop` at every step boundary and commits (replay + learner blob +
 progress extra) every `train.commit_every_min` minutes, on a stop and at the end; an interrupted, resumed
 run ends in exactly the state of an uninterrupted one. Pace: `R2I_TEST_STEP_S` s of sleep per step (0.02).
-
-Without the buffer package it commits an atomic `<durable>/progress.json` {commit, time, extra, learner}.
 """
 
 from __future__ import annotations
@@ -19,10 +17,8 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from buffer import CorruptChunkError, FieldSpec, NoRestorableCommitError, Replay, WriterFencedError
-except ImportError:  # pragma: no cover - only before the buffer package exists
-    Replay = None
+from agent.records import CommitExtra, Progress
+from buffer import CorruptChunkError, FieldSpec, NoRestorableCommitError, Replay, WriterFencedError
 
 WORKLOAD = "tests.orchestrator.orch_workload:train"  # jobs import it with the checkout on PYTHONPATH
 ARM_MEANS = (0.2, 0.8)
@@ -50,35 +46,6 @@ def _step(s: dict[str, Any], rng: np.random.Generator) -> tuple[int, float]:
     return arm, reward
 
 
-class _JsonStore:
-    """Fallback durable store: one atomically replaced progress.json."""
-
-    def __init__(self, durable: str) -> None:
-        self.path = Path(durable.removeprefix("file://")) / "progress.json"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.commit_id = 0
-
-    def restore(self) -> tuple[dict, dict] | None:
-        if not self.path.exists():
-            return None
-        m = json.loads(self.path.read_text())
-        self.commit_id = m["commit"]
-        return m["extra"], m["learner"]
-
-    def add(self, arm: int, reward: float) -> None:
-        pass
-
-    def commit(self, extra: dict, learner: dict) -> None:
-        self.commit_id += 1
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"commit": self.commit_id, "time": time.time(), "extra": extra,
-                                   "learner": learner}))
-        os.replace(tmp, self.path)
-
-    def close(self) -> None:
-        pass
-
-
 class _ReplayStore:
     """The real two-tier replay: steps go in, learner state rides along as a blob of the same commit."""
 
@@ -104,10 +71,10 @@ class _ReplayStore:
 def train(cfg: Any, ctx: Any) -> str:
     """Run the bandit learner to `cfg.train.steps` env steps; "done", or "stopped" after a commit."""
     step_s = float(os.environ.get("R2I_TEST_STEP_S", "0.02"))
-    store = _ReplayStore(cfg, ctx) if Replay is not None else _JsonStore(ctx.durable_url)
+    store = _ReplayStore(cfg, ctx)
     restored = store.restore()
     s = restored[1] if restored else _fresh(cfg.seed)
-    wandb_id = restored[0].get("wandb_run_id") if restored else f"bandit-{cfg.seed}-{os.getpid()}"
+    wandb_id = CommitExtra.from_json(restored[0]).wandb_run_id if restored else f"bandit-{cfg.seed}-{os.getpid()}"
     rng = np.random.default_rng()
     rng.bit_generator.state = s["rng"]
     target = cfg.train.steps
@@ -117,10 +84,9 @@ def train(cfg: Any, ctx: Any) -> str:
     def commit() -> None:
         s["rng"] = rng.bit_generator.state
         rate = (s["steps"] - steps0) / max(time.time() - t0, 1e-9)
-        progress = {"env_steps": s["steps"], "target_steps": target, "updates": s["steps"],
-                    "episodes": s["episodes"], "last_return": s["last_return"],
-                    "wall_time_s": time.time() - t0, "steps_per_s": rate}
-        store.commit({"progress": progress, "wandb_run_id": wandb_id, "device": {"kind": "cpu"}}, s)
+        progress = Progress(env_steps=s["steps"], target_steps=target, updates=s["steps"], episodes=s["episodes"],
+                            last_return=s["last_return"], wall_time_s=time.time() - t0, steps_per_s=rate)
+        store.commit(CommitExtra(progress, wandb_id).to_json(), s)
 
     try:
         while s["steps"] < target:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from orchestrator.compose import compose_runs
 from orchestrator.config import REPO_ROOT, agent_run_config
-from orchestrator.status import read_metrics, run_status, table, to_json, write_html
+from orchestrator.status import pid_alive, read_metrics, run_status, table, to_json, write_html
 from orchestrator.sweep import Request, create_sweep, write_json_atomic
 from tests.orchestrator import orch_workload
 from tests.orchestrator.orch_workload import WORKLOAD
@@ -87,6 +87,21 @@ def test_table_json_and_html(sweep):
     assert data["counts"] == {"DONE": 1, "PENDING": 1, "NEW": 1} and data["runs"][1]["requeues"] == 1
     page = write_html(sweep, rows).read_text()
     assert page.count("data:image/png;base64,") == 2 and "no episodes logged yet" in page
+
+
+def test_pid_alive_counts_running_processes_only():
+    import os
+
+    assert pid_alive(os.getpid()) and pid_alive(str(os.getpid()))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline and open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    assert not pid_alive(child.pid), "an exited child that is not reaped yet (a zombie) does not run"
+    child.wait()
+    assert not pid_alive(child.pid)
+    # 0 and negatives would address process groups (always "alive"); a job id that is no pid is no process
+    assert not any(pid_alive(p) for p in (0, -1, "0", "", "12345.0", None))
 
 
 def test_metrics_reader_skips_cut_lines(tmp_path):

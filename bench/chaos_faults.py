@@ -1,20 +1,18 @@
-"""Fault injection on a real Slurm cluster: one trial = one run submitted like `make submit`, interrupted once
-by one fault kind at a random (seeded) moment, run to its end, and fingerprinted (`orchestrator.verify`).
+"""Fault injection on a real Slurm cluster: one trial = one run submitted like `make submit`, interrupted by one
+fault kind at random (seeded) moments, run to its end, and fingerprinted (`orchestrator.verify`).
 
 Kinds: timeout (short time limit: Slurm's USR2), preempt (a high-priority job), requeue (`scontrol requeue`),
 sigkill (the step's Python, no grace), kill_mid_commit (SIGKILL while a commit's files are appearing),
 scratch_wipe (requeued and held, scratch deleted: a new node), corrupt_chunk (held, scratch deleted, bytes
 flipped in the newest durable chunk), second_writer (a second copy of the job started while the first runs).
 
-Jobs run `instrumented_train` (set as `run.entry`): it calls the real entry unchanged and appends timestamped
-events to `<logs>/chaos-events.jsonl` (entry, first step, resume point, stop seen, return), flushed as written so
-a killed attempt leaves its trace. Nothing here changes the trajectory: the stop flag is only observed.
+Jobs run `bench.chaos_entry:instrumented_train`, which records what each attempt did as events; the verdict
+(`bench.chaos_verdict`) reads them. `bench.chaos` is the driver (`make chaos`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shutil
@@ -22,92 +20,25 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.chaos_entry import ENTRY, EVENTS, TARGET_ENV
+from bench.chaos_verdict import compact_events, read_events
 from orchestrator import launch
-from orchestrator.job import resolve_entry
+from orchestrator.status import pid_alive
 from orchestrator.sweep import Sweep, read_json
-from orchestrator.verify import differences, fingerprint
+from orchestrator.verify import fingerprint
 
+REPO = Path(__file__).resolve().parents[1]
 KINDS = ("timeout", "preempt", "requeue", "sigkill", "kill_mid_commit", "scratch_wipe", "corrupt_chunk",
          "second_writer")
-ENTRY = "orchestrator.chaos:instrumented_train"
-EVENTS = "chaos-events.jsonl"
-TARGET_ENV = "R2I_CHAOS_TARGET"  # the entry instrumented_train wraps (default agent.train:train)
 END_STATES = ("done", "failed", "requeue_limit", "cancelled")
 
 
 class ChaosError(RuntimeError):
     """A trial could not be carried out (cluster not answering, run never started): not a finding."""
-
-
-# --- inside the job ---------------------------------------------------------------------------------------
-def _proc_start() -> float:
-    """Unix time this process started (from /proc), i.e. when the step launched Python."""
-    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-class _LoopLog(logging.Handler):
-    """Turns the loop's own "resumed at env step N" / "stopped at env step N" log lines into events."""
-
-    def __init__(self, ev) -> None:
-        super().__init__(logging.INFO)
-        self.ev = ev
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = str(record.msg)
-        if msg.startswith(("resumed at env step", "stopped at env step")) and record.args:
-            self.ev(msg.split()[0], env_steps=int(record.args[0]))
-
-
-def _agent_train() -> Any:
-    """agent.train.train, the entry that logs its resume point (others are only timed)."""
-    return resolve_entry("agent.train:train")
-
-
-def instrumented_train(cfg: Any, ctx: Any) -> str:
-    """`run.entry` for chaos trials: the real entry ($R2I_CHAOS_TARGET) with its progress recorded as events."""
-    target = resolve_entry(os.environ.get(TARGET_ENV, "agent.train:train"))
-    Path(ctx.log_dir).mkdir(parents=True, exist_ok=True)
-    f = open(Path(ctx.log_dir) / EVENTS, "a", buffering=1)
-
-    def ev(kind: str, **kw: Any) -> None:
-        f.write(json.dumps({"ev": kind, "token": ctx.writer_token, "t": time.time(), **kw}) + "\n")
-
-    ev("entry", proc_start=_proc_start(), pid=os.getpid(), num_envs=cfg.train.num_envs,
-       logs_resume=target is _agent_train())
-    handler = _LoopLog(ev)
-    loop_log = logging.getLogger("agent.train")
-    loop_log.addHandler(handler)
-    loop_log.setLevel(logging.INFO)
-    calls, seen = 0, False
-
-    def should_stop() -> bool:
-        nonlocal calls, seen
-        calls += 1
-        stop = ctx.should_stop()
-        if calls > 1:
-            ev("step", n=calls)  # calls - 1 loop iterations are done
-        if stop and not seen:
-            seen = True
-            ev("stop_seen", signal_time=getattr(ctx.should_stop, "time", None),
-               signal=getattr(ctx.should_stop, "signal", None))
-        return stop
-
-    try:
-        result = target(cfg, replace(ctx, should_stop=should_stop))
-    except BaseException as e:
-        ev("error", error=f"{type(e).__name__}: {e}"[:600])
-        raise
-    finally:
-        loop_log.removeHandler(handler)
-    ev("return", result=result, calls=calls)
-    f.close()
-    return result
 
 
 # --- outside: one trial -----------------------------------------------------------------------------------
@@ -226,7 +157,7 @@ def _hold_and(t: Trial, action) -> None:
     attempts = len(t.state().get("attempts", []))
     pid = t.attempt_pid()
     _sh("scontrol", "requeuehold", t.job)
-    t.wait(lambda: not _pid_alive(pid) and _squeue_state(t.job) in ("PENDING", None), 120, "the held requeue")
+    t.wait(lambda: not pid_alive(pid) and _squeue_state(t.job) in ("PENDING", None), 120, "the held requeue")
     if t.state().get("state") in END_STATES or _squeue_state(t.job) is None:
         t.notes["missed"] = "the run ended before the held requeue took effect"
         return
@@ -236,16 +167,6 @@ def _hold_and(t: Trial, action) -> None:
     t.observe()
     action()
     _sh("scontrol", "release", t.job)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wipe(t: Trial) -> None:
@@ -367,9 +288,9 @@ def _inject_once(t: Trial) -> None:
         pid = t.attempt_pid()
 
         def second_entered() -> bool:
-            return len({e["token"] for e in _events(t.run_dir / "logs" / EVENTS) if e["ev"] == "entry"}) >= 2
+            return len({e["token"] for e in read_events(t.run_dir / "logs" / EVENTS) if e["ev"] == "entry"}) >= 2
 
-        t.wait(lambda: second_entered() or not _pid_alive(pid), 180, "the second copy to start")
+        t.wait(lambda: second_entered() or not pid_alive(pid), 180, "the second copy to start")
         if not second_entered():  # a copy that starts after the end finds the run done and never enters
             t.notes["missed"] = "the second copy did not start while the first ran"
     else:
@@ -384,7 +305,9 @@ def run_trial(kind: str, index: int, s: Settings, rng: random.Random) -> dict:
         # experiment in ~35 s, inside one 45 s attempt (signal 15 s before a 1 min limit), and nothing is hit
         overrides += " cluster.time_min=1 cluster.signal_grace_s=40 cluster.max_requeues=30"
     name = f"chaos-{kind}-{index}-{time.strftime('%H%M%S', time.gmtime())}-{rng.randrange(16**4):04x}"
-    env = {TARGET_ENV: s.target, **s.env}  # jobs (and a second writer's sbatch) inherit the submitter's env
+    # jobs (and a second writer's sbatch) inherit the submitter's env; the checkout on their path for run.entry
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {TARGET_ENV: s.target, "PYTHONPATH": path, **s.env}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -415,95 +338,9 @@ def _run_trial(kind: str, index: int, s: Settings, overrides: str, name: str, rn
     record.update(state=st.get("state"), run_error=st.get("error"), notes=t.faults, commits=t.commits,
                   attempts=[{k: a.get(k) for k in ("job_id", "restart", "start", "end", "outcome", "stop")}
                             for a in st.get("attempts", [])],
-                  events=compact_events(_events(paths.logs / EVENTS)), wall_s=round(time.time() - t.t_submit, 1))
+                  events=compact_events(read_events(paths.logs / EVENTS)), wall_s=round(time.time() - t.t_submit, 1))
     try:
         record["fingerprint"] = fingerprint(paths.durable, paths.metrics)
     except Exception as e:  # noqa: BLE001 - a store we cannot read is a result of the trial
         record["fingerprint_error"] = f"{type(e).__name__}: {e}"
     return record
-
-
-def _events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by SIGKILL
-    return out
-
-
-def compact_events(events: list[dict]) -> list[dict]:
-    """Every event but the per-step ones, of which each attempt keeps its first and last: all `verdict` reads
-    (a trial logs one per loop iteration, megabytes per result file otherwise)."""
-    last: dict[str, int] = {}
-    for i, e in enumerate(events):
-        if e["ev"] == "step":
-            last[e["token"]] = i
-    seen: set[str] = set()
-    out = []
-    for i, e in enumerate(events):
-        if e["ev"] == "step":
-            if e["token"] in seen and last[e["token"]] != i:
-                continue
-            seen.add(e["token"])
-        out.append(e)
-    return out
-
-
-def verdict(record: dict, reference: dict) -> dict:
-    """Per-trial figures: identical, corrupt restore, lost/redone env steps, restart and stop-commit times."""
-    attempts: dict[str, dict] = {}
-    for e in record["events"]:
-        a = attempts.setdefault(e["token"], {"token": e["token"], "steps": 0})
-        if e["ev"] == "entry":
-            a.update(entry=e["t"], proc_start=e["proc_start"], num_envs=e["num_envs"],
-                     logs_resume=e.get("logs_resume", True))
-        elif e["ev"] == "step":
-            a["steps"] = e["n"] - 1
-            a.setdefault("first_step", e["t"])
-        elif e["ev"] == "resumed":
-            a.update(restored=e["env_steps"], resumed=e["t"])
-        elif e["ev"] == "stopped":
-            a["stopped_at"] = e["env_steps"]
-        elif e["ev"] == "stop_seen":
-            a.update(stop_seen=e["t"], signal_time=e.get("signal_time"))
-        elif e["ev"] == "return":
-            a.update(returned=e["t"], result=e["result"])
-        elif e["ev"] == "error":
-            a["error"] = e["error"]
-    order = sorted((a for a in attempts.values() if "entry" in a), key=lambda a: a["entry"])
-    lost = redone = 0
-    restart_s, resume_s, commit_s, signal_s = [], [], [], []
-    for i, a in enumerate(order):
-        start = a.get("restored", 0)
-        a["reached"] = a.get("stopped_at", start + a["steps"] * a["num_envs"])
-        if i and "restored" in a:
-            redone += max(0, order[i - 1]["reached"] - a["restored"])
-            before = [c[1] for c in record["commits"] if c[0] < a["entry"]]
-            lost += max(0, max(before, default=0) - a["restored"])
-            if "first_step" in a:
-                restart_s.append(a["first_step"] - a["proc_start"])
-            resume_s.append(a["resumed"] - a["entry"])  # envs, learner and buffer restore, before any compile
-        elif i and a["logs_resume"]:  # a later attempt that restored nothing: every committed step is lost
-            lost += max((c[1] for c in record["commits"] if c[0] < a["entry"]), default=0)
-        if "stop_seen" in a and a.get("result") == "stopped":
-            commit_s.append(a["returned"] - a["stop_seen"])
-            if a.get("signal_time"):
-                signal_s.append(a["returned"] - float(a["signal_time"]))
-    fp = record.get("fingerprint")
-    diff = differences(fp, reference) if fp else ["unreadable"]
-    done = record.get("state") == "done"
-    delivered = sum(not f.get("missed") for f in record["notes"])
-    if record.get("kind") == "timeout":
-        delivered = max(0, len(order) - 1)  # Slurm's limit is the fault: one per requeued attempt
-    if record.get("kind") == "second_writer" and len(order) < 2:
-        delivered = 0  # the copy never entered while the first ran (records from before that was checked)
-    return {"identical": done and not diff, "differences": diff, "done": done,
-            "corrupt_restore": done and bool(diff), "failed_clearly": record.get("state") == "failed",
-            "interruptions": max(0, len(order) - 1), "lost_steps": lost, "redone_steps": redone,
-            "restart_s": restart_s, "resume_s": resume_s, "stop_commit_s": commit_s, "signal_to_exit_s": signal_s,
-            "faults_delivered": delivered, "missed": bool(record["notes"]) and not delivered,
-            "error": record.get("error") or record.get("run_error")}
