@@ -40,7 +40,7 @@ include docker/image.env
 IMAGE_VARIANT ?= cpu
 
 .PHONY: help setup lock test browser test-slurm test-all cluster-up cluster-down submit status report cancel resume eval \
-        bench bench-buffer bench-agent bench-loop bench-exactness bench-learn chaos chaos-1m lint docker sif test-container clean
+        bench bench-buffer bench-agent bench-loop bench-exactness bench-preempt bench-learn chaos chaos-1m lint docker sif test-container clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench-loop: setup ## env-only, learner-only and full-loop env steps/s side by si
 
 bench-exactness: setup ## two processes give the same train-step bits, a Memory Maze stop/resume changes none -> bench/results/exactness.json
 	$(PY) -m bench.exactness $(BENCH_ARGS)
+
+bench-preempt: setup ## what one preemption costs with the mmaze agent and Memory Maze envs (stop commit, restore, recompile) -> bench/results/preempt.json
+	$(PY) -m bench.bench_preempt $(BENCH_ARGS)
 
 bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png
 	$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS)

@@ -90,7 +90,7 @@ def main() -> None:
 
     import jax
 
-    from agent.train import device_fingerprint
+    from agent.device import device_fingerprint
 
     # updates start once prefill is over and every stream holds a sequence: both at once, so none pile up
     w = args.num_envs
@@ -101,7 +101,7 @@ def main() -> None:
                  "replay.chunk=256", "replay.inner=64"]
     # the first run stops a few steps past prefill (ratio 64: B * T / 64 updates a step); each resume after two
     first_polls = args.length + 4
-    res: dict = {"device": device_fingerprint(), "jax": jax.__version__, "overrides": overrides}
+    res: dict = {"device": device_fingerprint().to_json(), "jax": jax.__version__, "overrides": overrides}
     work = Path(tempfile.mkdtemp(prefix="r2i-bench-preempt-"))
     try:
         root, cache = work / "run", work / "cache"

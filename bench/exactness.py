@@ -136,9 +136,9 @@ def main() -> None:
         return
     import jax
 
-    from agent.train import device_fingerprint
+    from agent.device import device_fingerprint
 
-    res: dict = {"device": device_fingerprint(), "jax": jax.__version__,
+    res: dict = {"device": device_fingerprint().to_json(), "jax": jax.__version__,
                  "xla_flags": os.environ.get("XLA_FLAGS", "")}
     parts = args.parts.split(",")
     if "processes" in parts:
