@@ -210,20 +210,11 @@ def to_json(sweep_name: str, rows: list[RunStatus]) -> str:
 
 
 def read_metrics(path: Path) -> tuple[list[float], list[float]]:
-    """(env_steps, episode/return) points of a metrics.jsonl (rows without a return are skipped)."""
-    xs, ys = [], []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill
-            y = row.get("episode/return", row.get("return"))
-            x = row.get("env_steps", row.get("step"))
-            if x is not None and y is not None:
-                xs.append(float(x))
-                ys.append(float(y))
-    return xs, ys
+    """(env_steps, episode/return) points of a metrics.jsonl, read as the sweep report reads it."""
+    from orchestrator.report import read_curves
+
+    c = read_curves(path).get("episode/return")
+    return ([], []) if c is None else (c.x.tolist(), c.y.tolist())
 
 
 def _curve_png(xs: list[float], ys: list[float], title: str) -> str:
