@@ -175,22 +175,17 @@ def _wipe(t: Trial) -> None:
 
 
 def _corrupt_newest_chunk(t: Trial) -> None:
-    """Flip 16 bytes in place in the newest-numbered chunk of the newest manifest (size unchanged)."""
-    from buffer.durable import Durable
-    from buffer.manifest import chunk_keys, load_pages
+    """Flip 16 bytes in place in a chunk of the newest shard the newest manifest references (size unchanged)."""
+    from buffer import CorruptChunkError, chunk_objects, manifest_keys
 
-    ms, d, pages = t.manifests(), Durable(str(t.durable), create=False), {}
-
-    def manifest(name: str) -> dict:
-        return load_pages(d, json.loads((Path(t.durable) / "manifests" / name).read_text()), name, pages)
-
-    newest = manifest(ms[-1])
-    keys = sorted(chunk_keys(newest), key=lambda k: (int(k.rsplit("/", 1)[1].split("-")[0]), k))
-    if not keys:
+    url = str(t.durable)
+    newest, *older = manifest_keys(url)
+    objs = chunk_objects(url, newest)
+    if not objs:
         raise ChaosError("corrupt_chunk: the newest manifest references no finished chunk (raise steps or lower "
                          "replay.chunk)")
-    top = [k for k in keys if k.rsplit("/", 1)[1].split("-")[0] == keys[-1].rsplit("/", 1)[1].split("-")[0]]
-    key = t.rng.choice(top)
+    top = max(o.shard for o in objs)
+    key = t.rng.choice(sorted(o.key for o in objs if o.shard == top))
     p = Path(t.durable) / key
     data = bytearray(p.read_bytes())
     off = t.rng.randrange(0, max(1, len(data) - 16))
@@ -198,9 +193,15 @@ def _corrupt_newest_chunk(t: Trial) -> None:
         data[i] ^= 0xFF
     with open(p, "r+b") as f:
         f.write(data)
-    older = [manifest(m) for m in ms[:-1]]
-    t.notes.update(corrupted=key, corrupted_offset=off, manifest=ms[-1],
-                   fallback_possible=any(key not in chunk_keys(m) for m in older))
+
+    def falls_back(mkey: str) -> bool:  # a restore can use this older commit: it is readable and lacks the key
+        try:
+            return key not in {o.key for o in chunk_objects(url, mkey)}
+        except CorruptChunkError:
+            return False
+
+    t.notes.update(corrupted=key, corrupted_offset=off, manifest=newest.rsplit("/", 1)[-1],
+                   fallback_possible=any(falls_back(m) for m in older))
 
 
 def _commit_in_flight(durable: Path, published: set[str]) -> str | None:

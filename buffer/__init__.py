@@ -10,12 +10,13 @@ from .errors import (
                      ScratchError,
                      WriterFencedError,
 )
+from .inspection import ChunkObject, StoreFingerprint, chunk_objects, fingerprint_store, manifest_keys, probe_durable
 from .integrity import Damage, check_store
 from .replay import Replay, Restored, read_latest_commit, read_latest_manifest
 
 __all__ = [
-    "CorruptChunkError", "Damage", "DurableStoreError", "FieldSpec", "NoRestorableCommitError", "Replay",
-    "ReplayConfig", "ReplayError", "Restored",
-    "Schema", "SchemaError", "ScratchError", "WriterFencedError", "check_store", "read_latest_commit",
-    "read_latest_manifest",
+    "ChunkObject", "CorruptChunkError", "Damage", "DurableStoreError", "FieldSpec", "NoRestorableCommitError",
+    "Replay", "ReplayConfig", "ReplayError", "Restored", "Schema", "SchemaError", "ScratchError", "StoreFingerprint",
+    "WriterFencedError", "check_store", "chunk_objects", "fingerprint_store", "manifest_keys", "probe_durable",
+    "read_latest_commit", "read_latest_manifest",
 ]

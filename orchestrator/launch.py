@@ -61,9 +61,9 @@ def check_durable(url: str) -> None:
             if not os.access(p, os.W_OK):
                 raise OSError(f"{p} is not writable")
         elif url.startswith("s3://"):
-            from buffer.durable import Durable
+            from buffer import probe_durable
 
-            Durable(url)  # the bucket, the credentials and a probe PUT: what the jobs' commits will need
+            probe_durable(url)  # the bucket, the credentials and a probe PUT: what the jobs' commits will need
         else:
             import fsspec
 

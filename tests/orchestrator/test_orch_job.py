@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError
-from buffer.manifest import chunk_keys
+from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError, chunk_objects, manifest_keys
 from orchestrator.compose import compose_runs
 from orchestrator.job import LOCAL_REQUEUE_EXIT, StopFlag, run_job
 from orchestrator.slurm import REQUEUE_EXIT
@@ -195,8 +194,7 @@ def test_a_chunk_corrupted_on_disk_is_requeued_and_the_rerun_ends_in_the_uninter
         run_job(run_dir)
     assert exit_.value.code == LOCAL_REQUEUE_EXIT
     durable = f"{run_dir}/durable"
-    newest = sorted(os.listdir(f"{durable}/manifests"))[-1]
-    (key,) = chunk_keys(json.loads(open(f"{durable}/manifests/{newest}").read()))
+    (key,) = [o.key for o in chunk_objects(durable, manifest_keys(durable)[0])]
     with open(f"{durable}/{key}", "r+b") as f:  # same size, other bytes: only the checksum can tell
         f.seek(40)
         f.write(b"\xde\xad\xbe\xef")
