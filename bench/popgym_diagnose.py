@@ -84,6 +84,7 @@ class Diagnosis:
     wm_wrong_reward: float  # ... with a wrong action, mean over the wrong ones
     wm_right_first: float  # the right action's predicted reward above every wrong one's
     wm_mean_rank: float
+    wm_action_spread: float  # mean (max - min) over the actions of the imagined reward: ~0 when it ignores them
     actor_p_right: float  # the actor's mean probability of the right action
     actor_right_first: float  # the right action is the actor's most probable one
     actor_mean_rank: float
@@ -226,6 +227,7 @@ def diagnose(cfg: AgentRunConfig, durable: str, sequences: int = 32, length: int
         num_actions=num_actions, sequences=len(wins), length=length, scored=int(len(label)),
         wm_right_reward=float(pred[right].mean()), wm_wrong_reward=float(pred[~right].mean()),
         wm_right_first=wm_first, wm_mean_rank=float(wm_rank.mean()),
+        wm_action_spread=float((pred.max(-1) - pred.min(-1)).mean()),
         actor_p_right=float(np.exp(logp[right]).mean()), actor_right_first=actor_first,
         actor_mean_rank=float(actor_rank.mean()),
         actor_agrees_wm=float(np.mean(logp.argmax(-1) == pred.argmax(-1))),
@@ -272,7 +274,9 @@ def main() -> None:
         Path(args.out).write_text(text + "\n")
     print(text)
     print(f"wm separates right from wrong: {'yes' if d.wm_separates else 'no'} ({d.wm_right_first:.2f} first, "
-          f"chance {1 / d.num_actions:.2f}); actor follows: {'yes' if d.actor_follows else 'no'} "
+          f"chance {1 / d.num_actions:.2f}; predicted {d.wm_right_reward:.4f} right vs {d.wm_wrong_reward:.4f} "
+          f"wrong, {d.wm_action_spread:.4f} apart over the actions); "
+          f"actor follows: {'yes' if d.actor_follows else 'no'} "
           f"({d.actor_right_first:.2f} first, p(right) {d.actor_p_right:.2f}); {d.verdict}")
 
 
