@@ -88,6 +88,7 @@ class Diagnosis:
     actor_p_right: float  # the actor's mean probability of the right action
     actor_right_first: float  # the right action is the actor's most probable one
     actor_mean_rank: float
+    actor_entropy: float  # mean entropy (nats) of its action distribution: ln(num_actions) is uniform
     actor_agrees_wm: float  # the actor's most probable action is the world model's best
     taken_right: float  # the action taken was right (from the rewards received)
     received_reward: float  # mean reward received per scored row
@@ -230,6 +231,7 @@ def diagnose(cfg: AgentRunConfig, durable: str, sequences: int = 32, length: int
         wm_action_spread=float((pred.max(-1) - pred.min(-1)).mean()),
         actor_p_right=float(np.exp(logp[right]).mean()), actor_right_first=actor_first,
         actor_mean_rank=float(actor_rank.mean()),
+        actor_entropy=float(-(np.exp(logp) * logp).sum(-1).mean()),
         actor_agrees_wm=float(np.mean(logp.argmax(-1) == pred.argmax(-1))),
         taken_right=float(np.mean(r["reward"] > 0)), received_reward=float(r["reward"].mean()),
         wm_reward_mae=float(np.abs(r["tf"] - r["reward"]).mean()),
