@@ -89,6 +89,8 @@ class Diagnosis:
     actor_right_first: float  # the right action is the actor's most probable one
     actor_mean_rank: float
     actor_entropy: float  # mean entropy (nats) of its action distribution: ln(num_actions) is uniform
+    actor_one_action: float  # rows whose most probable action is the actor's commonest one: 1.0 when it ignores
+    # the state and always plays one action
     actor_agrees_wm: float  # the actor's most probable action is the world model's best
     taken_right: float  # the action taken was right (from the rewards received)
     received_reward: float  # mean reward received per scored row
@@ -232,6 +234,7 @@ def diagnose(cfg: AgentRunConfig, durable: str, sequences: int = 32, length: int
         actor_p_right=float(np.exp(logp[right]).mean()), actor_right_first=actor_first,
         actor_mean_rank=float(actor_rank.mean()),
         actor_entropy=float(-(np.exp(logp) * logp).sum(-1).mean()),
+        actor_one_action=float(np.bincount(logp.argmax(-1), minlength=num_actions).max() / len(label)),
         actor_agrees_wm=float(np.mean(logp.argmax(-1) == pred.argmax(-1))),
         taken_right=float(np.mean(r["reward"] > 0)), received_reward=float(r["reward"].mean()),
         wm_reward_mae=float(np.abs(r["tf"] - r["reward"]).mean()),

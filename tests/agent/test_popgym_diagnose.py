@@ -46,7 +46,8 @@ def test_diagnose_a_short_real_run(tmp_path: Path):
     assert d.labels_match_rewards == 1.0
     fractions = ("wm_right_first", "actor_p_right", "actor_right_first", "actor_agrees_wm", "taken_right")
     assert all(0.0 <= getattr(d, n) <= 1.0 for n in fractions)
-    assert d.wm_action_spread >= 0.0 and 0.0 <= d.actor_entropy <= math.log(4) + 1e-6
+    assert 0.25 <= d.actor_one_action <= 1.0 and d.wm_action_spread >= 0.0
+    assert 0.0 <= d.actor_entropy <= math.log(4) + 1e-6
     assert 1.0 <= d.wm_mean_rank <= 4.0 and 1.0 <= d.actor_mean_rank <= 4.0
     floats = [getattr(d, f.name) for f in dataclasses.fields(d) if isinstance(getattr(d, f.name), float)]
     assert all(math.isfinite(x) for x in floats)
