@@ -6,7 +6,7 @@ the cue shown ~20 steps earlier?  (The README's T-Maze diagnosis; a quick loop f
 Copies the run's durable store, restores it, trains only the world model on B16 x T64 batches from it, and every
 250 updates prints the mean predicted reward at arm entries that paid 10 (right arm) and 0 (wrong arm) on the
 last 1024 steps of each stream. A world model that remembers the cue separates the two. The old `tmaze_small`,
-which did not (issue #4): --set agent.sample_latents=true agent.ssm.lambda_re=-0.5 agent.ssm.dt_min=0.001
+which did not (before the memory fixes): --set agent.sample_latents=true agent.ssm.lambda_re=-0.5 agent.ssm.dt_min=0.001
 agent.ssm.dt_max=0.1 agent.free_nats=1.0
 """
 
