@@ -45,7 +45,7 @@ from omegaconf import OmegaConf
 
 from agent.config import agent_config_from
 from agent.device import device_fingerprint
-from agent.envs import EnvConfig, VecEnv, make_env
+from agent.envs import EnvConfig, VecEnv, env_spec
 from agent.envs.base import FieldSpec
 from agent.learner import Learner, PolicyCarry, jit_train_step, make_learner
 from agent.run_config import AgentRunConfig, EvalConfig, RunContext, TrainConfig, WandbConfig
@@ -198,9 +198,12 @@ def measure(name: str, cfg: AgentRunConfig, learner: Learner | None, make, updat
     t = cfg.train
     with tempfile.TemporaryDirectory(prefix=f"bench-loop-{name}-") as tmp:
         root = Path(tmp)
-        probe = (make or make_env)(cfg.env)
-        obs_spec, num_actions = probe.obs_spec(), probe.num_actions
-        probe.close()
+        if make is None:  # without building a Memory Maze env (seconds, a GB) just for its spec
+            obs_spec, num_actions = env_spec(cfg.env)
+        else:
+            probe = make(cfg.env)
+            obs_spec, num_actions = probe.obs_spec(), probe.num_actions
+            probe.close()
         probe_learner = learner or make_learner(cfg.agent, obs_spec, num_actions)
         with Replay(step_schema(obs_spec), t.num_envs, str(root / "r-scratch"), str(root / "r-durable"),
                     replace(cfg.replay, fsync=False), batch=t.batch, length=t.length, seed=0,

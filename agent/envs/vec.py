@@ -220,10 +220,11 @@ class VecEnv:
 
     def _call(self, cmd: str, args: list | None = None) -> list:
         """Run `cmd` on every slot (with args[i]) and return the results in env order."""
+        args = args if args is not None else [None] * self.num_envs
         self._send(cmd, args)
         return self._gather(cmd, args)
 
-    def _send(self, cmd: str, args: list | None) -> None:
+    def _send(self, cmd: str, args: list) -> None:
         if self._broken:
             raise EnvWorkerError(f"VecEnv is unusable after an earlier failure: {self._broken}")
         if self._pending is not None:
@@ -231,14 +232,13 @@ class VecEnv:
         if not self.processes:
             return
         try:
-            for conn, a in zip(self._conns, args if args is not None else [None] * self.num_envs, strict=True):
+            for conn, a in zip(self._conns, args, strict=True):
                 conn.send((cmd, a))
         except (BrokenPipeError, OSError) as e:
             self._broken = f"sending {cmd} to the env workers failed: {e!r}"
             raise EnvWorkerError(self._broken) from e
 
-    def _gather(self, cmd: str, args: list | None) -> list:
-        args = args if args is not None else [None] * self.num_envs
+    def _gather(self, cmd: str, args: list) -> list:
         try:
             if not self.processes:
                 calls = [getattr(s, cmd) for s in self._slots]
