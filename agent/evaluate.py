@@ -27,7 +27,7 @@ from agent import media
 from agent.envs import VecEnv
 from agent.learner import Learner, make_learner, normalize_obs_spec
 from agent.records import LoopState, RecordError
-from agent.run_config import AgentRunConfig
+from agent.run_config import AgentRunConfig, derived_seed
 from agent.world_model import WorldModel
 from buffer import read_latest_commit
 
@@ -177,12 +177,10 @@ class Evaluator:
     def run(self, params, env_steps: int, seed: int | None = None, name: str | None = None) -> EvalResult:
         """`eval.episodes` episodes from `params` (the policy's params tree), seeded by (seed, env_steps);
         media of the first episode under the files `<name>_*` when `name` and a run folder are given."""
-        from agent.train import _derived_seed  # agent.train imports this module
-
         e, env = self.e, self._open()
         seed = self.cfg.seed if seed is None else seed
-        env_seed = _derived_seed(seed, f"eval/{env_steps}/envs")
-        k_act, k_dream = jax.random.split(jax.random.PRNGKey(_derived_seed(seed, f"eval/{env_steps}/policy")))
+        env_seed = derived_seed(seed, f"eval/{env_steps}/envs")
+        k_act, k_dream = jax.random.split(jax.random.PRNGKey(derived_seed(seed, f"eval/{env_steps}/policy")))
         w = env.num_envs
         returns, lengths, successes, truncated, rec = [], [], [], [], None
         for r in range(-(-e.episodes // w)):

@@ -4,6 +4,7 @@ orchestrator can build both before the entry point imports it."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +12,12 @@ from agent.config import AgentConfig, ConfigError
 from agent.envs.config import EnvConfig
 from agent.events import LoopEvent
 from buffer import ReplayConfig
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed of its own for each use of the run's seed (the replay's sampler, evaluation envs, ...): a draw for one
+    purpose never shifts another's."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{purpose}".encode()).digest()[:8], "little") >> 1
 
 
 @dataclass(frozen=True)

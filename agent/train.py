@@ -43,7 +43,7 @@ from agent.events import Committed, LoopEvent, Resumed, Stopped
 from agent.learner import Learner, PolicyCarry, data_mesh, jit_train_step, make_learner
 from agent.metrics import Mean, MetricsLog
 from agent.records import LOOP_FORMAT, CommitExtra, LoopState, Progress, RecordError
-from agent.run_config import AgentRunConfig, RunContext
+from agent.run_config import AgentRunConfig, RunContext, derived_seed
 from buffer import FieldSpec, Replay
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ __all__ = ["Outcome", "ResumeError", "RunContext", "train", "updates_due", "step
 
 class ResumeError(RuntimeError):
     """A durable commit that this config cannot continue from (different run, format or shapes)."""
-
-
-def _derived_seed(seed: int, purpose: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{purpose}".encode()).digest()[:8], "little") >> 1
 
 
 def step_schema(obs_spec: dict) -> dict[str, FieldSpec]:
@@ -191,7 +187,7 @@ class _Loop:
             self.obs_keys = sorted(self.env.obs_spec())
             self.learner = learner or make_learner(cfg.agent, self.env.obs_spec(), self.env.num_actions)
             self.replay = Replay(step_schema(self.env.obs_spec()), t.num_envs, ctx.scratch_dir, ctx.durable_url,
-                                 cfg.replay, batch=t.batch, length=t.length, seed=_derived_seed(cfg.seed, "replay"),
+                                 cfg.replay, batch=t.batch, length=t.length, seed=derived_seed(cfg.seed, "replay"),
                                  force_first=True, writer_token=ctx.writer_token)
         except BaseException:
             self.env.close()
