@@ -213,7 +213,7 @@ class VecEnv:
                     raise EnvWorkerError(f"env worker {i} (pid {proc.pid}) silent for {self.timeout_s:.0f} s")
             status, payload = conn.recv()
         except (EOFError, OSError) as e:
-            raise EnvWorkerError(f"env worker {i} (pid {proc.pid}) died: {e!r}, exit {proc.exitcode}") from e
+            raise EnvWorkerError(f"env worker {i} (pid {proc.pid}) died: {e!r}, exit code {proc.exitcode}") from e
         if status != "ok":
             raise EnvWorkerError(f"env worker {i} (env {self.cfg.name}) failed:\n{payload}")
         return payload
@@ -231,12 +231,16 @@ class VecEnv:
             raise EnvError(f"VecEnv.{cmd} while a step_async is not collected (call step_wait first)")
         if not self.processes:
             return
-        try:
-            for conn, a in zip(self._conns, args, strict=True):
+        for i, (conn, a) in enumerate(zip(self._conns, args, strict=True)):
+            try:
                 conn.send((cmd, a))
-        except (BrokenPipeError, OSError) as e:
-            self._broken = f"sending {cmd} to the env workers failed: {e!r}"
-            raise EnvWorkerError(self._broken) from e
+            except (BrokenPipeError, OSError) as e:
+                # A pipe breaks when its worker is gone: name that worker and how it ended, as _recv does.
+                proc = self._procs[i]
+                proc.join(timeout=1.0)
+                self._broken = (f"env worker {i} (pid {proc.pid}) died before {cmd} could be sent: {e!r}, "
+                                f"exit code {proc.exitcode}")
+                raise EnvWorkerError(self._broken) from e
 
     def _gather(self, cmd: str, args: list) -> list:
         try:
