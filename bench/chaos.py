@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.stop_by:
         hh, mm = map(int, a.stop_by.split(":"))
         now = dt.datetime.now(dt.UTC)
-        stop_by = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+        at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        stop_by = (at + dt.timedelta(days=1) if at <= now else at).timestamp()  # a time past today: tomorrow's
     s = Settings(seed=a.seed, overrides=a.args, max_delay_s=a.max_delay_s, faults_per_trial=a.faults_per_trial,
                  timeout_s=a.trial_timeout_s, fault_after_steps=a.fault_after_steps)
     rng = random.Random(a.seed)
