@@ -3,7 +3,11 @@ state with one uninterrupted run of the same seed, submitted the same way (same 
 same XLA bits). Writes bench/results/chaos.json (rewritten after every trial) and prints a markdown table.
 
     python -m bench.chaos [--trials-per-kind N] [--kinds a,b] [--seed S] [--args "hydra overrides"]
-                          [--stop-by HH:MM (UTC; no trial starts after)] [--out FILE]
+                          [--stop-by HH:MM (UTC; no trial starts after)] [--out FILE] [--s3]
+
+With --s3 every run's durable store is in a bucket of an S3 protocol server (moto, from `make setup`) that the
+driver starts on this machine; the jobs reach it through the AWS variables they inherit. The kinds that edit the
+store's files (kill_mid_commit, corrupt_chunk) need a filesystem store and are refused there.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import random
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from bench.chaos_faults import KINDS, ChaosError, Settings, run_trial
+from bench.chaos_faults import KINDS, LOCAL_ONLY, ChaosError, Settings, run_trial
 from bench.chaos_verdict import compact_events, verdict
 
 REPO = Path(__file__).resolve().parents[1]
+S3_BUCKET = "r2i-chaos"
 GRACE = {"timeout": "signal_grace_s (15 s before 1ecd40d, 40 s since) to +30 s (USR2 on the 30 s timer), "
                     "limit 1 min", "preempt": "15 s (GraceTime)",
          "requeue": "10 s (KillWait after SIGTERM)", "scratch_wipe": "10 s (KillWait after SIGTERM)",
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "r2i-chaos"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "chaos.json"))
     p.add_argument("--summarize-only", action="store_true", help="recompute verdicts and table of --out")
+    p.add_argument("--s3", action="store_true", help="durable stores in a bucket of a local S3 server (moto)")
     p.add_argument("--append", action="store_true",
                    help="add trials to --out, reusing its reference run (same --args and --seed only)")
     a = p.parse_args(argv)
@@ -127,8 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         p.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+    if a.s3 and set(kinds) & set(LOCAL_ONLY):
+        p.error(f"--s3: {sorted(set(kinds) & set(LOCAL_ONLY))} need a filesystem durable store; pass --kinds "
+                f"without them")
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if a.s3:
+            from tests.s3_server import moto  # a development harness, like this one
+
+            url = stack.enter_context(moto(root / "moto_server.log", buckets=(S3_BUCKET,)))
+            a.args = f"{a.args} cluster.durable=s3://{S3_BUCKET}/sweeps"
+            print(f"S3 server {url}: durable stores under s3://{S3_BUCKET}/sweeps", flush=True)
+        return _run(a, p, kinds, root)
+
+
+def _run(a: argparse.Namespace, p: argparse.ArgumentParser, kinds: list[str], root: Path) -> int:
     os.environ["R2I_RUN_ROOT"] = str(root / "runs")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "jax-cache"))  # shared by every job
     stop_by = None

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.chaos_entry import ENTRY, EVENTS, TARGET_ENV
 from bench.chaos_verdict import compact_events, read_events
+from buffer import DurableStoreError, manifest_keys, read_latest_manifest
 from orchestrator import launch
 from orchestrator.status import pid_alive
 from orchestrator.sweep import Sweep, read_json
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = ("timeout", "preempt", "requeue", "sigkill", "kill_mid_commit", "scratch_wipe", "corrupt_chunk",
          "second_writer")
 END_STATES = ("done", "failed", "requeue_limit", "cancelled")
+LOCAL_ONLY = ("kill_mid_commit", "corrupt_chunk")  # they need the durable store on a filesystem
 
 
 class ChaosError(RuntimeError):
@@ -91,10 +93,18 @@ class Trial:
     def state(self) -> dict:
         return read_json(self.run_dir / "state.json") or {}
 
+    @property
+    def remote(self) -> bool:
+        """An object-store durable URL (s3://...): read through the buffer's public surface, not the filesystem."""
+        return "://" in self.durable
+
     def manifests(self) -> list[str]:
+        """Names of the published manifests, oldest first (a plain listing: kill_mid_commit polls it hot)."""
         try:
+            if self.remote:
+                return sorted(k.rsplit("/", 1)[-1] for k in manifest_keys(self.durable))
             return sorted(n for n in os.listdir(Path(self.durable) / "manifests") if n.endswith(".json"))
-        except FileNotFoundError:
+        except (FileNotFoundError, DurableStoreError):  # before the first commit
             return []
 
     def observe(self) -> None:
@@ -103,8 +113,13 @@ class Trial:
         if not ms or (self.commits and self.commits[-1][2] == ms[-1]):
             return
         try:
-            m = json.loads((Path(self.durable) / "manifests" / ms[-1]).read_text())
-        except (OSError, ValueError):
+            if self.remote:
+                m = read_latest_manifest(self.durable)
+                if m is None or m["key"].rsplit("/", 1)[-1] != ms[-1]:
+                    return  # a newer one appeared between the listing and the read: the next poll takes it
+            else:
+                m = json.loads((Path(self.durable) / "manifests" / ms[-1]).read_text())
+        except (OSError, ValueError, DurableStoreError):
             return
         prog = m["extra"]["progress"]
         self.commits.append((time.time(), int(prog["env_steps"]), ms[-1], int(prog.get("updates", 0))))
@@ -176,7 +191,7 @@ def _wipe(t: Trial) -> None:
 
 def _corrupt_newest_chunk(t: Trial) -> None:
     """Flip 16 bytes in place in a chunk of the newest shard the newest manifest references (size unchanged)."""
-    from buffer import CorruptChunkError, chunk_objects, manifest_keys
+    from buffer import CorruptChunkError, chunk_objects
 
     url = str(t.durable)
     newest, *older = manifest_keys(url)
@@ -249,6 +264,8 @@ def inject(t: Trial, s: Settings) -> None:
 
 
 def _inject_once(t: Trial) -> None:
+    if t.remote and t.kind in LOCAL_ONLY:
+        raise ChaosError(f"{t.kind} edits or watches the durable store's files; {t.durable} is an object store")
     t.notes["fault_time"] = time.time()
     if t.kind == "preempt":
         t.extra_jobs.append(_sh("sbatch", "--parsable", "-p", "high", "-c", "2", "-t", "1", "-o", "/dev/null",

@@ -1,5 +1,5 @@
 """An S3 protocol server for the s3:// tests: moto's, on 127.0.0.1, for the whole test session (fixtures that
-tests/conftest.py imports).
+tests/conftest.py imports) or a chaos run on the dev cluster (`python -m bench.chaos --s3`: `moto`).
 
 moto lives in a venv of its own (`make setup` builds <venv>/s3-server from requirements-s3-server.lock): it
 needs botocore, whose python-dateutil cap conflicts with the project's pins. The tests talk to it over HTTP
@@ -9,6 +9,7 @@ processes they start inherit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -61,39 +62,52 @@ def _start(exe: Path, log) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"{exe} did not answer on 127.0.0.1 after 3 tries; its log: {log.name}")
 
 
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@contextlib.contextmanager
+def moto(log_path: Path, buckets: tuple[str, ...] = (BUCKET,)) -> Iterator[str]:
+    """A moto server on 127.0.0.1 with `buckets` made; its URL and test credentials are in this process's
+    environment (so in every process it starts: jobs, sbatch) until the block ends. FileNotFoundError when the
+    server's venv is missing."""
+    exe = moto_server()
+    if not exe.is_file():
+        raise FileNotFoundError(f"{exe} not found (run `make setup`, which builds the S3 test server's venv)")
+    with open(log_path, "wb") as log:
+        proc, url = _start(exe, log)
+        env = dict(zip(AWS_ENV, (url, "testing", "testing", "us-east-1"), strict=True))
+        saved = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
+        os.environ.update(env)
+        for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            os.environ.pop(k, None)
+        try:
+            for b in buckets:
+                urllib.request.urlopen(urllib.request.Request(f"{url}/{b}", method="PUT"), timeout=10).close()
+            yield url
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     """The server's URL, with the bucket BUCKET made and the AWS variables set for this process and its children."""
-    exe = moto_server()
-    if not exe.is_file():
-        why = f"{exe} not found (run `make setup`, which builds the S3 test server's venv)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(why)
-        pytest.skip(why)
-    log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")  # noqa: SIM115 - closed below
-    proc, url = _start(exe, log)
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
-    os.environ.update(env)
-    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(k, None)
     try:
-        urllib.request.urlopen(urllib.request.Request(f"{url}/{BUCKET}", method="PUT"), timeout=10).close()
-        yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        with moto(tmp_path_factory.mktemp("moto") / "moto_server.log") as url:
+            yield url
+    except FileNotFoundError as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
 
 
 @pytest.fixture
