@@ -29,7 +29,7 @@ from bench.chaos_verdict import compact_events, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 S3_BUCKET = "r2i-chaos"
-GRACE = {"timeout": "signal_grace_s (15 s before 1ecd40d, 40 s since) to +30 s (USR2 on the 30 s timer), "
+GRACE = {"timeout": "signal_grace_s (40 s; 15 s before the page format) to +30 s (USR2 on the 30 s timer), "
                     "limit 1 min", "preempt": "15 s (GraceTime)",
          "requeue": "10 s (KillWait after SIGTERM)", "scratch_wipe": "10 s (KillWait after SIGTERM)",
          "corrupt_chunk": "10 s (KillWait after SIGTERM)"}
@@ -51,7 +51,7 @@ def _stats(xs: list[float]) -> dict | None:
 
 
 def summarize(trials: list[dict]) -> dict:
-    """Per fault kind: the figures of issue 7 over that kind's trials."""
+    """Per fault kind: what an interruption cost over that kind's trials."""
     out = {}
     for kind in dict.fromkeys(t["kind"] for t in trials):
         vs = [t["verdict"] for t in trials if t["kind"] == kind]
@@ -176,7 +176,7 @@ def _run(a: argparse.Namespace, p: argparse.ArgumentParser, kinds: list[str], ro
         if old.get("code_digest", code) != code:
             p.error(f"--append: {a.out} was run on other code (digest {old['code_digest']}, now {code}): its "
                     "reference run does not stand for this code; start a new file")
-        rng.seed(f"{a.seed}/{len(old.get('trials', []))}")  # another fault schedule than the first session's
+        rng.seed(f"{a.seed}/{len(old.get('trials', []))}")  # another fault schedule than the first run's
         result, trials = old, old.get("trials", [])
         result.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                                   "kinds": kinds, "trials_per_kind": a.trials_per_kind,
