@@ -27,7 +27,8 @@ from .manifest import (
     load_pages,
     read_segments,
 )
-from .persist import commit_blobs, read_pack
+from .records import PackRef
+from .restorer import commit_blobs, read_pack
 
 
 def _sha(data: bytes) -> str:
@@ -136,17 +137,17 @@ def fingerprint_store(url: str) -> StoreFingerprint:
         corrupt.append(bad)
     else:
         try:
-            _pack, part = read_pack(d, m, mkey)
+            pk = PackRef.from_json(m["pack"])
+            _pack, part = read_pack(d, pk, mkey)
         except CorruptChunkError as e:
             corrupt.append(e.key)
         else:
-            blobs = {name: _sha(b) for name, b in sorted(commit_blobs(m, part).items())}
-            entries = m["pack"]["entries"]
+            blobs = {name: _sha(b) for name, b in sorted(commit_blobs(m["blobs"], part).items())}
             for w in range(m["num_streams"] if m["t"] > m["k_hi"] * m["chunk"] else 0):
                 frames = head_fields(opened.get(w, ()), got, nf)
                 for j, f in enumerate(sorted(m["schema"])):
                     name = f"tail/{w}/{f}"
-                    h.update(name.encode() + _sha(frames[j] + (part(name) if name in entries else b"")).encode())
+                    h.update(name.encode() + _sha(frames[j] + (part(name) if name in pk.entries else b"")).encode())
     return StoreFingerprint(m["commit"], mkey, blobs, h.hexdigest(), m.get("extra", {}),
                             tuple(dict.fromkeys(corrupt)))
 

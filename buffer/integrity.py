@@ -33,6 +33,7 @@ from .manifest import (
     read_segments,
     rows_problem,
 )
+from .records import PackRef
 
 _REQUIRED = {"format", "commit", "generation", "writer", "time", "schema", "num_streams", "chunk", "inner",
              "zstd_level", "capacity", "t", "lo", "k_lo", "k_hi", "tables", "pack", "sampler", "blobs", "extra"}
@@ -194,16 +195,16 @@ class _Checker:
         return data
 
     def pack(self, m: dict, mkey: str) -> None:
-        pk = m["pack"]
-        if (pk["key"], mkey) in self.seen:
+        pk = PackRef.from_json(m["pack"])
+        if (pk.key, mkey) in self.seen:
             return
-        self.seen.add((pk["key"], mkey))
-        data = self.get(pk["key"], pk["nbytes"], "pack", mkey)
-        if data is None or checksum(data) == pk["crc"]:
+        self.seen.add((pk.key, mkey))
+        data = self.get(pk.key, pk.nbytes, "pack", mkey)
+        if data is None or checksum(data) == pk.crc:
             return
-        parts = [n for n, (off, nb, crc, *_) in sorted(pk["entries"].items()) if checksum(data[off:off + nb]) != crc]
+        parts = [n for n, e in sorted(pk.entries.items()) if checksum(data[e.off:e.off + e.nbytes]) != e.crc]
         kind = "blob" if parts and all(p.startswith("blob/") for p in parts) else "pack"
-        self.add(pk["key"], kind, "checksum mismatch", f"damaged parts: {parts or 'outside every entry'}", mkey)
+        self.add(pk.key, kind, "checksum mismatch", f"damaged parts: {parts or 'outside every entry'}", mkey)
 
     def segment(self, g: Segment, what: str, mkey: str) -> None:
         if (g.pack, g) in self.seen:

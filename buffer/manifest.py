@@ -14,6 +14,7 @@ from .codec import ShardCodec, checksum
 from .config import Schema, schema_to_json
 from .durable import Durable, chunk_key, page_key
 from .errors import CorruptChunkError, DurableStoreError, SchemaError
+from .records import PageRef
 
 FORMAT = "r2i-replay/3"
 # The same layout with frames in another codec than zstd. Code from before `replay.codec` reads any /3 store as
@@ -260,8 +261,8 @@ def object_keys(m: dict) -> dict[str, int]:
     out = chunk_keys(m)
     for pack, nbytes in (m.get("heads") or {}).get("packs", []):
         out[pack] = nbytes
-    for key, nbytes, *_ in m.get("pages", []):
-        out[key] = nbytes
+    for ref in map(PageRef.from_json, m.get("pages", [])):
+        out[ref.key] = ref.nbytes
     return out
 
 
@@ -281,21 +282,22 @@ def inline_rows(m: dict) -> dict:
 
 # --- pages: the rows of finished shards, written once, so that a manifest does not grow with the buffer
 def encode_page(shards: dict[int, ShardInfo], heads: dict[int, dict[int, Head]], k0: int, k1: int,
-                num_streams: int, nfields: int) -> tuple[dict, bytes, list]:
+                num_streams: int, nfields: int) -> tuple[dict, bytes, PageRef]:
     """(document, body, reference) of the page of shards [k0, k1), all finished: their tables and segments. A
-    manifest lists the reference [key, nbytes, checksum, k0, k1] instead of the rows."""
+    manifest lists the reference instead of the rows."""
     doc = {"format": PAGE_FORMAT, "k_lo": k0, "k_hi": k1, "num_streams": num_streams, "nfields": nfields,
            "tables": encode_tables(shards, k0, k1), "heads": encode_heads(heads, k0, k1 - 1)}
     body = json.dumps(doc, separators=(",", ":")).encode()
     crc = checksum(body)
-    return doc, body, [page_key(k0, crc), len(body), crc, k0, k1]
+    return doc, body, PageRef(page_key(k0, crc), len(body), crc, k0, k1)
 
 
-def plan_pages(pages: list[list], k_lo: int, k_hi: int, size: int) -> tuple[list[list], list[tuple[int, int]]]:
+def plan_pages(pages: tuple[PageRef, ...], k_lo: int, k_hi: int, size: int
+               ) -> tuple[list[PageRef], list[tuple[int, int]]]:
     """(the references still needed in window [k_lo, k_hi), the ranges [k0, k1) to write as new pages): every
     full stretch of `size` shards below k_hi that no page holds, pages ending on multiples of `size`."""
-    kept = [p for p in pages if p[4] > k_lo]
-    a, new = max(kept[-1][4] if kept else 0, k_lo), []
+    kept = [p for p in pages if p.k1 > k_lo]
+    a, new = max(kept[-1].k1 if kept else 0, k_lo), []
     while (a // size + 1) * size <= k_hi:
         new.append((a, (a // size + 1) * size))
         a = new[-1][1]
@@ -306,11 +308,11 @@ def load_pages(d: Durable, m: dict, mkey: str, cache: dict[str, dict] | None = N
     """Manifest `m` with every row inline: its pages' rows joined to its own (m itself when it has no pages).
     A page that is missing or fails its checksum raises CorruptChunkError naming it and the manifest; a failed
     read that is not "missing" raises DurableStoreError. `cache`: pages already read (they never change)."""
-    refs = m.get("pages") or []
+    refs = [PageRef.from_json(p) for p in m.get("pages") or []]
     if not refs:
         return m
     shards, heads = decode_tables(inline_rows(m)), decode_heads(m)
-    for key, nbytes, crc, k0, k1 in refs:
+    for key, nbytes, crc, k0, k1 in ((p.key, p.nbytes, p.crc, p.k0, p.k1) for p in refs):
         doc = (cache or {}).get(key)
         if doc is None:
             try:

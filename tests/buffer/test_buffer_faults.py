@@ -8,6 +8,7 @@ import os
 import pytest
 
 from buffer import CorruptChunkError, NoRestorableCommitError, Replay, WriterFencedError
+from buffer.chunks import Chunks
 from buffer.durable import Durable
 from buffer.manifest import chunk_keys
 from tests.buffer.buffer_helpers import assert_batches_equal, expected, make_replay, make_step, read_manifest
@@ -51,7 +52,7 @@ def corrupt_in_place(path) -> bytes:
 
 def no_lazy_thread(monkeypatch) -> None:
     """Only the sampler fetches (a slow background fetch): which call finds the damage is then deterministic."""
-    monkeypatch.setattr(Replay, "_lazy_fetch", lambda self: None)
+    monkeypatch.setattr(Chunks, "_lazy_fetch", lambda self: None)
 
 
 def test_lazily_found_corrupt_chunk_is_quarantined_and_restore_falls_back_exactly(tmp_path, monkeypatch):
@@ -169,7 +170,7 @@ def test_a_failure_of_the_lazy_fetch_thread_reaches_the_caller(tmp_path, monkeyp
     def boom(self, w, k, info):
         raise RuntimeError(f"no route to shard {k}")
 
-    monkeypatch.setattr(Replay, "_materialize", boom)
+    monkeypatch.setattr(Chunks, "_materialize", boom)
     r3 = make_replay(str(tmp_path / "s3"), str(d), token="w3", **KW)
     assert r3.restore().commit_id == 1
     r3._lazy_thread.join()
