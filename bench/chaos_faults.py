@@ -27,8 +27,9 @@ from typing import Any
 from bench.chaos_entry import ENTRY, EVENTS, TARGET_ENV
 from bench.chaos_verdict import compact_events, read_events
 from orchestrator import launch
+from orchestrator.run_state import read_run_state
 from orchestrator.status import pid_alive
-from orchestrator.sweep import Sweep, read_json
+from orchestrator.sweep import Sweep
 from orchestrator.verify import fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +90,8 @@ class Trial:
     extra_jobs: list = field(default_factory=list)
 
     def state(self) -> dict:
-        return read_json(self.run_dir / "state.json") or {}
+        st = read_run_state(self.run_dir / "state.json")
+        return {} if st is None else st.to_json()
 
     def manifests(self) -> list[str]:
         try:

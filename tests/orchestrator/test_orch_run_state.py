@@ -8,6 +8,7 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
+from orchestrator.compose import compose_runs
 from orchestrator.run_state import (
     CorruptChunk,
     RunState,
@@ -16,7 +17,9 @@ from orchestrator.run_state import (
     read_run_state,
     write_run_state,
 )
-from tests.orchestrator.run_states import attempt
+from orchestrator.status import run_status
+from orchestrator.sweep import Request, create_sweep
+from tests.orchestrator.run_states import attempt, write_state
 
 DEVICE = {"cpu": "Intel(R) Xeon(R) Processor", "cpus": 2, "gpus": "", "jax_devices": ["cpu"], "machine": "x86_64"}
 
@@ -167,3 +170,15 @@ def test_updates_check_their_index():
     with pytest.raises(AssertionError):
         RunState.begin(None, attempt("1"), 1.0).with_attempt(1, outcome="done")
 
+
+def test_status_renders_a_run_whose_state_file_it_cannot_read(tmp_path):
+    root = tmp_path / "runs"
+    runs = compose_runs("smoke", [0, 1], f"run.root={root}", "local")
+    sweep = create_sweep(root, "bad", Request("smoke", [0, 1], [], "local"), runs)
+    (sweep.dir / "s0" / "state.json").write_text("{\"state\": ")
+    write_state(sweep.dir / "s1", "failed", attempt("999999999", cluster="local"), error="boom")
+    sweep.record_submission("s0", "999999998", "local")
+    sweep.record_submission("s1", "999999999", "local")
+    bad, good = (run_status(sweep, r, {}, {}) for r in ("s0", "s1"))
+    assert bad.state == "STOPPED" and len(bad.warnings) == 1 and "s0/state.json: not JSON" in bad.warnings[0]
+    assert (good.state, good.reason, good.warnings) == ("FAILED", "boom", [])
