@@ -28,8 +28,9 @@ from bench.chaos_entry import ENTRY, EVENTS, TARGET_ENV
 from bench.chaos_verdict import compact_events, read_events
 from buffer import DurableStoreError, manifest_keys, read_latest_manifest
 from orchestrator import launch
+from orchestrator.run_state import read_run_state
 from orchestrator.status import pid_alive
-from orchestrator.sweep import Sweep, read_json
+from orchestrator.sweep import Sweep
 from orchestrator.verify import fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +92,8 @@ class Trial:
     extra_jobs: list = field(default_factory=list)
 
     def state(self) -> dict:
-        return read_json(self.run_dir / "state.json") or {}
+        st = read_run_state(self.run_dir / "state.json")
+        return {} if st is None else st.to_json()
 
     @property
     def remote(self) -> bool:

@@ -20,6 +20,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from agent.run_config import RunContext
 from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError
 from orchestrator import slurm
 from orchestrator.config import RootConfig, agent_run_config, load_run_config
-from orchestrator.sweep import RunPaths, read_json, run_paths, write_json_atomic
+from orchestrator.run_state import Attempt, CorruptChunk, RunState, StopFacts, read_run_state, write_run_state
+from orchestrator.sweep import RunPaths, run_paths
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts a task that exits with this
 
@@ -127,8 +129,8 @@ def run_job(run_dir: str) -> str:
     facts = slurm.facts_from(os.environ) if kind == "slurm" else None
     if facts is not None:
         flag.end_time, flag.grace_s = facts.end_time, cfg.cluster.signal_grace_s
-    state = read_json(paths.state) or {"attempts": [], "warnings": []}
-    if state.get("state") == "done":
+    prior = read_run_state(paths.state)
+    if prior is not None and prior.state == "done":
         _log(f"run {run} is already done; nothing to do")
         return "done"
 
@@ -136,21 +138,20 @@ def run_job(run_dir: str) -> str:
     device = here.to_json()
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))
     restart = facts.restart_count if facts else 0
-    previous = [a["device"] for a in state["attempts"] if a.get("device")]
+    previous = [a.device for a in (prior.attempts if prior else ()) if a.device]
+    warning = None
     if previous and DeviceFingerprint.from_json(previous[-1]).differences(here):
-        warning = (f"attempt {len(state['attempts'])} runs on different hardware "
+        warning = (f"attempt {len(prior.attempts)} runs on different hardware "
                    f"({previous[-1]} -> {device}): "
                    "it continues exactly from the committed state, but later bits will differ")
-        state["warnings"].append(warning)
         _log("WARNING: " + warning)
-    attempt = {"job_id": job_id, "restart": restart, "cluster": kind, "host": socket.gethostname(),
-               "pid": os.getpid(), "device": device, "start": time.time()}
-    state["attempts"].append(attempt)
-    state.update(state="running", job_id=job_id, restart=restart, updated=time.time())
-    write_json_atomic(paths.state, state)
+    attempt = Attempt(job_id=job_id, restart=restart, cluster=kind, host=socket.gethostname(), pid=os.getpid(),
+                      device=device, start=time.time())
+    state = RunState.begin(prior, attempt, time.time(), warning)
+    write_run_state(paths.state, state)
     paths.logs.mkdir(parents=True, exist_ok=True)
     Path(paths.scratch).mkdir(parents=True, exist_ok=True)
-    _log(f"run {sweep}/{run} job {job_id} restart {restart} on {attempt['host']}: {cfg.run.entry}")
+    _log(f"run {sweep}/{run} job {job_id} restart {restart} on {attempt.host}: {cfg.run.entry}")
 
     # Before the entry imports jax: a requeued attempt (and every other seed of the sweep) loads its XLA programs
     # from this cache instead of recompiling them, so it reaches its first step, and can answer a signal, sooner.
@@ -165,20 +166,19 @@ def run_job(run_dir: str) -> str:
     except BaseException as e:
         corrupt = corrupt_chunk_cause(e)
         if corrupt is not None:  # exits when a requeue is left
-            requeues = facts.restart_count if facts else len(state["attempts"]) - 1
-            _requeue_for_fallback(cfg, paths, state, attempt, kind, requeues, corrupt)
-        state.update(state="failed", error=f"{type(e).__name__}: {e}", updated=time.time())
-        attempt.update(end=time.time(), outcome="failed", traceback=traceback.format_exc()[-2000:])
-        write_json_atomic(paths.state, state)
+            requeues = facts.restart_count if facts else len(state.attempts) - 1
+            state = _requeue_for_fallback(cfg, paths, state, kind, requeues, corrupt)
+        state = replace(state, state="failed", error=f"{type(e).__name__}: {e}", updated=time.time())
+        state = state.with_last(end=time.time(), outcome="failed", traceback=traceback.format_exc()[-2000:])
+        write_run_state(paths.state, state)
         raise
     assert result in ("done", "stopped"), f"{cfg.run.entry} returned {result!r}, expected 'done' or 'stopped'"
-    attempt.update(end=time.time(), outcome=result, signal=flag.signal)
+    state = state.with_last(end=time.time(), outcome=result, signal=flag.signal)
     if result == "done":
-        state.update(state="done", updated=time.time())
-        write_json_atomic(paths.state, state)
+        write_run_state(paths.state, replace(state, state="done", updated=time.time()))
         _log(f"run {run} done")
         return "done"
-    return _after_stop(cfg, paths, state, attempt, flag, kind)
+    return _after_stop(cfg, paths, state, flag, kind)
 
 
 def corrupt_chunk_cause(e: BaseException | None) -> CorruptChunkError | None:
@@ -196,50 +196,46 @@ def corrupt_chunk_cause(e: BaseException | None) -> CorruptChunkError | None:
     return found
 
 
-def _requeue_for_fallback(cfg: RootConfig, paths: RunPaths, state: dict, attempt: dict, kind: str,
-                          requeues: int, err: CorruptChunkError) -> None:
+def _requeue_for_fallback(cfg: RootConfig, paths: RunPaths, state: RunState, kind: str, requeues: int,
+                          err: CorruptChunkError) -> RunState:
     """A durable chunk (or pack) failed its checksum: the buffer has quarantined it, so the next attempt's restore
     falls back to the newest commit without it. Exit with the requeue status unless cluster.max_requeues is
-    used up (then return: the job fails with the error)."""
-    attempt.update(stop="corrupt_chunk", corrupt={"key": err.key, "manifest": err.manifest})
+    used up (then return the state with the chunk recorded: the job fails with the error)."""
+    state = state.with_last(stop="corrupt_chunk", corrupt=CorruptChunk(key=err.key, manifest=err.manifest))
     if requeues >= cfg.cluster.max_requeues:
         _log(f"{err}; {requeues} requeues = cluster.max_requeues, not requeueing")
-        return
-    attempt.update(end=time.time(), outcome="corrupt_chunk", traceback=traceback.format_exc()[-2000:])
-    state.update(state="requeued", updated=time.time())
-    write_json_atomic(paths.state, state)
+        return state
+    state = state.with_last(end=time.time(), outcome="corrupt_chunk", traceback=traceback.format_exc()[-2000:])
+    write_run_state(paths.state, replace(state, state="requeued", updated=time.time()))
     code = slurm.REQUEUE_EXIT if kind == "slurm" else LOCAL_REQUEUE_EXIT
     _log(f"{err}; asking for a requeue (exit {code}): the next attempt restores an older commit")
     sys.exit(code)
 
 
-def _after_stop(cfg: RootConfig, paths: RunPaths, state: dict, attempt: dict, flag: StopFlag, kind: str) -> str:
+def _after_stop(cfg: RootConfig, paths: RunPaths, state: RunState, flag: StopFlag, kind: str) -> str:
     """Record why the attempt stopped; exit with a requeue status when it should run again."""
     signal_time = flag.time or time.time()
     if kind == "local":
         why = "timeout" if flag.signal == "SIGUSR2" else "user_stop"
-        attempt["stop"] = why
-        state.update(state="requeued" if why == "timeout" else "stopped", updated=time.time())
-        write_json_atomic(paths.state, state)
+        state = state.with_last(stop=why)
+        write_run_state(paths.state, replace(state, state="requeued" if why == "timeout" else "stopped",
+                                             updated=time.time()))
         _log(f"stopped ({why}, {flag.signal}); committed")
         if why == "timeout":
             sys.exit(LOCAL_REQUEUE_EXIT)
         return "stopped"
     facts = slurm.gather_facts(os.environ, os.environ.get("R2I_FACTS_FILE"))
     why = slurm.classify_stop(flag.signal, signal_time, facts, cfg.cluster.signal_grace_s)
-    attempt.update(stop=why, facts={"state": facts.state, "preempt_time": facts.preempt_time,
-                                    "end_time": facts.end_time, "signal_time": signal_time})
+    state = state.with_last(stop=why, facts=StopFacts(state=facts.state, preempt_time=facts.preempt_time,
+                                                      end_time=facts.end_time, signal_time=signal_time))
     if why == "cancelled":
-        state.update(state="cancelled", updated=time.time())
-        write_json_atomic(paths.state, state)
+        write_run_state(paths.state, replace(state, state="cancelled", updated=time.time()))
         _log("cancelled; committed, not requeueing")
         return "stopped"
     if facts.restart_count >= cfg.cluster.max_requeues:
-        state.update(state="requeue_limit", updated=time.time())
-        write_json_atomic(paths.state, state)
+        write_run_state(paths.state, replace(state, state="requeue_limit", updated=time.time()))
         _log(f"stopped ({why}) after {facts.restart_count} requeues = cluster.max_requeues; not requeueing")
         return "stopped"
-    state.update(state="requeued", updated=time.time())
-    write_json_atomic(paths.state, state)
+    write_run_state(paths.state, replace(state, state="requeued", updated=time.time()))
     _log(f"stopped ({why}, {flag.signal}); committed; asking the host to requeue (exit {slurm.REQUEUE_EXIT})")
     sys.exit(slurm.REQUEUE_EXIT)

@@ -18,6 +18,7 @@ from orchestrator import oom, resources, slurm
 from orchestrator.compose import compose_runs, split_args
 from orchestrator.config import EXPERIMENTS_DIR, ClusterConfig, OrchestratorError, RootConfig
 from orchestrator.job import run_job
+from orchestrator.run_state import read_run_state
 from orchestrator.status import LIVE, pid_alive, sweep_status, table
 from orchestrator.status import console as status_console
 from orchestrator.sweep import (
@@ -30,7 +31,6 @@ from orchestrator.sweep import (
     is_local_url,
     local_path,
     open_sweep,
-    read_json,
     run_root,
 )
 
@@ -257,8 +257,8 @@ def resume(sweep_name: str, root: Path | None = None, detach: bool = False, foll
     queue = slurm.squeue(ids)
     todo = []
     for run in sweep.runs:
-        state = read_json(sweep.paths(run).state) or {}
-        if state.get("state") == "done":
+        state = read_run_state(sweep.paths(run).state)
+        if state is not None and state.state == "done":
             continue
         if _active(sweep, run, queue):
             print(f"{run}: still queued or running, left alone")

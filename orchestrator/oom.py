@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.config import RootConfig, load_run_config
 from orchestrator.job import LOCAL_REQUEUE_EXIT
-from orchestrator.sweep import read_json, write_json_atomic
+from orchestrator.run_state import RunState, read_run_state, write_run_state
 
 VMSTAT = Path("/proc/vmstat")
 
@@ -67,20 +68,23 @@ def hint(cfg: RootConfig) -> str:
 
 def record(run_dir: Path, outcome: str, reason: str, pid: int | None = None, **facts) -> bool:
     """Mark the attempt of `pid` (else the last one) as ended by `outcome` ("out_of_memory" | "killed") in
-    state.json, unless it is already; False when there was nothing to change."""
+    state.json, unless it is already; False when there was nothing to change. `facts`: the Attempt fields the
+    verdict rests on (exit, oom_kills, slurm_state)."""
     path = Path(run_dir) / "state.json"
-    state = read_json(path) or {"attempts": [], "warnings": []}
-    if state.get("state") == outcome or state.get("state") == "done":
+    state = read_run_state(path)
+    if state is not None and state.state in (outcome, "done"):
         return False
-    attempts = state.setdefault("attempts", [])
-    attempt = next((a for a in reversed(attempts) if pid is None or a.get("pid") == pid), None)
-    if attempt is not None:
-        if attempt.get("outcome") not in (None, "failed"):
+    now = time.time()
+    if state is None:  # killed before the job wrote its first word
+        state = RunState(state=outcome, updated=now)
+    found = [i for i, a in enumerate(state.attempts) if pid is None or a.pid == pid]
+    if found:
+        attempt = state.attempts[found[-1]]
+        if attempt.outcome not in (None, "failed"):
             return False  # it ended on its own terms (stopped, done, requeued) before it was killed
-        attempt.update(end=attempt.get("end") or time.time(), outcome=outcome, **facts)
-    state.update(state=outcome, error=reason + (f" ({state['error']})" if state.get("error") else ""),
-                 updated=time.time())
-    write_json_atomic(path, state)
+        state = state.with_attempt(found[-1], end=attempt.end or now, outcome=outcome, **facts)
+    error = reason + (f" ({state.error})" if state.error else "")
+    write_run_state(path, replace(state, state=outcome, error=error, updated=now))
     return True
 
 
@@ -108,7 +112,7 @@ def supervise(run_dir: str | Path, command: list[str], counter: Sequence[Path] |
         except Exception as e:  # noqa: BLE001 - the verdict must be recorded even when the config is unreadable
             why = f"killed ({type(e).__name__} reading the config)"
         outcome = "out_of_memory" if oom else "killed"
-        record(Path(run_dir), outcome, why, pid=child.pid, exit=rc, oom_kills=[before, after])
+        record(Path(run_dir), outcome, why, pid=child.pid, exit=rc, oom_kills=(before, after))
         print(f"[r2i] job {child.pid} {outcome}: {why}", file=sys.stderr, flush=True)
     return 128 - rc if rc < 0 else rc
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from agent.records import CommitExtra, RecordError
 from orchestrator import oom, slurm
-from orchestrator.sweep import Sweep, read_json
+from orchestrator.run_state import RunState, RunStateError, read_run_state
+from orchestrator.sweep import Sweep
 
 # Slurm states in which the job may still run again; anything else has ended.
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -87,9 +88,15 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
     paths = sweep.paths(run).resolved()
     cfg = sweep.config(run)
     subs = sweep.submissions(run)
-    state = read_json(paths.state) or {}
-    st = RunStatus(run=run, state="NEW", target_steps=cfg.train.steps,
-                   warnings=list(state.get("warnings", [])))
+    st = RunStatus(run=run, state="NEW", target_steps=cfg.train.steps)
+    recorded, unreadable = None, False
+    try:
+        recorded = read_run_state(paths.state)
+    except RunStateError as e:  # status must render whatever state a run is in; the row says why it knows less
+        unreadable, st.warnings = True, [str(e)]
+    # before the job's first word (or past an unreadable file): no attempts, no job state
+    state = recorded or RunState(state="", updated=0.0)
+    st.warnings += state.warnings
     commit, extra = latest_commit(paths.durable), None
     if commit:
         st.commit = commit.get("commit")
@@ -107,15 +114,15 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
             st.percent = 100.0 * st.env_steps / st.target_steps
             if st.steps_per_s:
                 st.eta_s = max(st.target_steps - st.env_steps, 0) / st.steps_per_s
-    attempts = state.get("attempts", [])
-    job_ids = {a["job_id"] for a in attempts}
+    attempts = state.attempts
+    job_ids = {a.job_id for a in attempts}
     st.requeues = max(len(attempts) - len(job_ids), sum(max(len(acct.get(j, [])) - 1, 0) for j in job_ids))
     if not subs:
         return st
     last = subs[-1]
     st.job_id, st.cluster = last["job_id"], last["cluster"]
-    job_state = state.get("state")
-    last_stop = next((a.get("stop") for a in reversed(attempts) if a.get("stop")), "")
+    job_state = state.state
+    last_stop = next((a.stop for a in reversed(attempts) if a.stop), "")
     if job_state == "done":
         st.state = "DONE"
     elif job_state == "requeue_limit":
@@ -123,8 +130,8 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
     elif st.cluster == "local":
         alive = pid_alive(last["job_id"])
         ended = {"stopped": "STOPPED", "failed": "FAILED", "out_of_memory": "OOM", "killed": "KILLED"}
-        st.state = "RUNNING" if alive else ended.get(job_state or "", "STOPPED")
-        st.reason = state.get("error", "") if st.state in ("FAILED", "OOM", "KILLED") else (
+        st.state = "RUNNING" if alive else ended.get(job_state, "STOPPED")
+        st.reason = (state.error or "") if st.state in ("FAILED", "OOM", "KILLED") else (
             "" if alive else last_stop)
     else:
         q, rows = queue.get(last["job_id"]), acct.get(last["job_id"], [])
@@ -135,11 +142,12 @@ def run_status(sweep: Sweep, run: str, queue: dict, acct: dict, now: float | Non
         elif slurm_state == "OUT_OF_MEMORY" or job_state == "out_of_memory":
             # the step was killed without a word (or an env worker was, and the job failed): state.json learns
             # it here, from Slurm
-            if slurm_state == "OUT_OF_MEMORY":
+            if slurm_state == "OUT_OF_MEMORY" and not unreadable:  # never over a file it could not read
                 oom.record(paths.run_dir, "out_of_memory", oom.hint(cfg), slurm_state=slurm_state)
-            st.state, st.reason = "OOM", (read_json(paths.state) or {}).get("error", oom.hint(cfg))
+            after = None if unreadable else read_run_state(paths.state)
+            st.state, st.reason = "OOM", after.error if after and after.error else oom.hint(cfg)
         elif job_state == "failed":
-            st.state, st.reason = "FAILED", state.get("error", "")
+            st.state, st.reason = "FAILED", state.error or ""
         elif slurm_state:
             st.state = {"COMPLETED": "STOPPED"}.get(slurm_state, slurm_state)
             st.reason = last_stop

@@ -15,10 +15,12 @@ import pytest
 from buffer import CorruptChunkError, NoRestorableCommitError, WriterFencedError, chunk_objects, manifest_keys
 from orchestrator.compose import compose_runs
 from orchestrator.job import LOCAL_REQUEUE_EXIT, StopFlag, run_job
+from orchestrator.run_state import read_run_state
 from orchestrator.slurm import REQUEUE_EXIT
 from orchestrator.status import latest_commit
 from orchestrator.sweep import Request, create_sweep, read_json
 from tests.orchestrator.orch_workload import CORRUPT, FENCED_AFTER_CORRUPT, NO_FALLBACK, WORKLOAD, final_learner
+from tests.orchestrator.run_states import attempt, write_state
 
 SCONTROL = ('echo "JobId=42 JobState={state} Reason=None Restarts=0 EndTime=2099-01-01T00:00:00 '
             'PreemptTime={preempt} Partition=low"')
@@ -77,15 +79,15 @@ def test_stop_commits_and_rerun_resumes_to_the_uninterrupted_result(root, monkey
     with pytest.raises(SystemExit) as exit_:
         run_job(run_dir)
     assert exit_.value.code == LOCAL_REQUEUE_EXIT
-    state = read_json(root / "job" / "s3" / "state.json")
-    assert state["state"] == "requeued" and state["attempts"][0]["stop"] == "timeout"
+    state = read_run_state(root / "job" / "s3" / "state.json")
+    assert state.state == "requeued" and state.attempts[0].stop == "timeout"
     progress = latest_commit(f"{run_dir}/durable")["extra"]["progress"]
     assert 0 < progress["env_steps"] < 400, progress
     assert run_job(run_dir) == "done"
     got = json.loads((root / "job" / "s3" / "logs" / "final_learner.json").read_text())
     assert got == json.loads(json.dumps(final_learner(3, 400)))
     assert run_job(run_dir) == "done"  # a done run is not run again
-    assert len(read_json(root / "job" / "s3" / "state.json")["attempts"]) == 2
+    assert len(read_run_state(root / "job" / "s3" / "state.json").attempts) == 2
 
 
 def test_slurm_preemption_asks_the_host_to_requeue(root, monkeypatch, fake_bin, signal_after_first_log):
@@ -99,8 +101,9 @@ def test_slurm_preemption_asks_the_host_to_requeue(root, monkeypatch, fake_bin, 
     with pytest.raises(SystemExit) as exit_:
         run_job(run_dir)
     assert exit_.value.code == REQUEUE_EXIT
-    state = read_json(root / "job" / "s3" / "state.json")
-    assert state["state"] == "requeued" and state["attempts"][-1]["stop"] == "preempted"
+    state = read_run_state(root / "job" / "s3" / "state.json")
+    assert state.state == "requeued" and state.last.stop == "preempted"
+    assert state.last.facts.preempt_time is not None and state.last.signal == "SIGUSR2"
     # under the wrapper the job ignores the signals (its env workers inherit that) and watches the file
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN == signal.getsignal(signal.SIGTERM)
 
@@ -114,8 +117,8 @@ def test_slurm_requeue_cap_gives_a_clear_final_state(root, monkeypatch, fake_bin
     run_dir = make_run(root, 100000, "cluster.max_requeues=3")
     signal_after_first_log(run_dir, signal.SIGUSR2)
     assert run_job(run_dir) == "stopped"
-    state = read_json(root / "job" / "s3" / "state.json")
-    assert state["state"] == "requeue_limit" and state["attempts"][-1]["stop"] == "interrupted"
+    state = read_run_state(root / "job" / "s3" / "state.json")
+    assert state.state == "requeue_limit" and state.last.stop == "interrupted"
 
 
 def test_scancel_stops_with_a_commit_and_no_requeue(root, monkeypatch, fake_bin, signal_after_first_log):
@@ -125,7 +128,7 @@ def test_scancel_stops_with_a_commit_and_no_requeue(root, monkeypatch, fake_bin,
     run_dir = make_run(root, 100000)
     signal_after_first_log(run_dir, signal.SIGTERM)
     assert run_job(run_dir) == "stopped"
-    assert read_json(root / "job" / "s3" / "state.json")["state"] == "cancelled"
+    assert read_run_state(root / "job" / "s3" / "state.json").state == "cancelled"
     assert latest_commit(f"{run_dir}/durable")["extra"]["progress"]["env_steps"] > 0
 
 
@@ -134,10 +137,9 @@ def test_resume_on_other_hardware_warns(root, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     run_dir = make_run(root, 20)
     other = {"machine": "x86_64", "cpu": "Some Other CPU", "cpus": 64, "gpus": "0"}
-    (root / "job" / "s3" / "state.json").write_text(json.dumps(
-        {"state": "requeued", "warnings": [], "attempts": [{"job_id": "1", "restart": 0, "device": other}]}))
+    write_state(root / "job" / "s3", "requeued", attempt("1", 0, device=other))
     assert run_job(run_dir) == "done"
-    (warning,) = read_json(root / "job" / "s3" / "state.json")["warnings"]
+    (warning,) = read_run_state(root / "job" / "s3" / "state.json").warnings
     assert "different hardware" in warning and "Some Other CPU" in warning
 
 
@@ -173,12 +175,12 @@ def test_a_corrupt_chunk_asks_for_a_requeue_within_the_limit(root, monkeypatch, 
     else:
         with pytest.raises(outcome):
             run_job(run_dir)
-    state = read_json(root / "job" / "s3" / "state.json")
+    state = read_run_state(root / "job" / "s3" / "state.json")
     want = "requeued" if isinstance(outcome, int) else "failed"
-    assert state["state"] == want, state
+    assert state.state == want, state
+    assert state.last.outcome == ("corrupt_chunk" if isinstance(outcome, int) else "failed"), state.last
     if entry == CORRUPT:
-        a = state["attempts"][-1]
-        assert (a["stop"], a["corrupt"]["key"]) == ("corrupt_chunk", "chunks/0/0000000003-0badc0de.bin")
+        assert (state.last.stop, state.last.corrupt.key) == ("corrupt_chunk", "chunks/0/0000000003-0badc0de.bin")
 
 
 def test_a_chunk_corrupted_on_disk_is_requeued_and_the_rerun_ends_in_the_uninterrupted_result(
@@ -202,8 +204,8 @@ def test_a_chunk_corrupted_on_disk_is_requeued_and_the_rerun_ends_in_the_uninter
     with pytest.raises(SystemExit) as exit_:
         run_job(run_dir)
     assert exit_.value.code == LOCAL_REQUEUE_EXIT
-    state = read_json(root / "job" / "s3" / "state.json")
-    assert state["state"] == "requeued" and state["attempts"][-1]["corrupt"]["key"] == key
+    state = read_run_state(root / "job" / "s3" / "state.json")
+    assert state.state == "requeued" and state.last.corrupt.key == key
     assert not os.path.exists(f"{durable}/{key}") and os.listdir(f"{durable}/quarantine/chunks/0")
     assert run_job(run_dir) == "done"
     got = json.loads((root / "job" / "s3" / "logs" / "final_learner.json").read_text())

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import REPO_ROOT
+from orchestrator.run_state import read_run_state
 from orchestrator.status import latest_commit
 from tests.orchestrator.orch_workload import WORKLOAD, final_learner
 
@@ -48,7 +49,7 @@ def same_command_resumes_to_the_end(cmd: list[str], root, run) -> dict:
     again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout
-    assert json.loads((run / "state.json").read_text())["state"] == "done"
+    assert read_run_state(run / "state.json").state == "done"
     learner = json.loads((run / "logs" / "final_learner.json").read_text())
     assert learner == json.loads(json.dumps(final_learner(5, 600)))
     status = subprocess.run(CLI + ["--root", str(root), "status", "--sweep", "e2e", "--json"], cwd=REPO_ROOT,
@@ -65,8 +66,8 @@ def test_foreground_ctrl_c_commits_and_the_same_command_resumes(root, monkeypatc
     out, returncode = ctrl_c_after_first_rows(submit_cmd(root, 600), run)
     assert returncode == 0, out
     assert "stopping at the next step boundary" in out and "to resume" in out, out
-    state = json.loads((run / "state.json").read_text())
-    assert state["state"] == "stopped" and state["attempts"][0]["stop"] == "user_stop", state
+    state = read_run_state(run / "state.json")
+    assert state.state == "stopped" and state.attempts[0].stop == "user_stop", state
     steps = latest_commit(str(run / "durable"))["extra"]["progress"]["env_steps"]
     assert 0 < steps < 600
 
@@ -141,7 +142,7 @@ def test_ctrl_c_during_the_local_submit_is_not_lost(root, monkeypatch):
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     assert "Ctrl-C during the submit of s1" in text and "not submitted: s2" in text, text
-    state = json.loads((run / "state.json").read_text())
-    assert state["state"] == "stopped" and state["attempts"][0]["stop"] == "user_stop", state
+    state = read_run_state(run / "state.json")
+    assert state.state == "stopped" and state.attempts[0].stop == "user_stop", state
     assert latest_commit(str(run / "durable"))["extra"]["progress"]["env_steps"] > 0
     assert not (root / "window" / "s2" / "submissions.jsonl").exists()

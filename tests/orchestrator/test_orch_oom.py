@@ -16,8 +16,10 @@ import pytest
 from orchestrator import oom
 from orchestrator.compose import compose_runs
 from orchestrator.job import LOCAL_REQUEUE_EXIT
+from orchestrator.run_state import read_run_state
 from orchestrator.status import pid_alive, run_status, sweep_status, to_json
-from orchestrator.sweep import Request, create_sweep, read_json
+from orchestrator.sweep import Request, create_sweep
+from tests.orchestrator.run_states import attempt, write_state
 
 
 def make_sweep(tmp_path, profile: str):
@@ -29,10 +31,14 @@ def make_sweep(tmp_path, profile: str):
 def job_script(run_dir, counter, then: str) -> list[str]:
     """A child that records its attempt as run_job does, then `then` (the kernel's verdict and the kill)."""
     code = textwrap.dedent(f"""
-        import json, os, signal, sys, time
-        state = {{"state": "running", "warnings": [], "attempts": [{{"job_id": "1", "pid": os.getpid(),
-                  "start": time.time()}}]}}
-        open({str(run_dir / "state.json")!r}, "w").write(json.dumps(state))
+        import os, signal, sys, time
+        from dataclasses import replace
+        from orchestrator.run_state import RunState, write_run_state
+        from tests.orchestrator.run_states import attempt
+        state_path = {str(run_dir / "state.json")!r}
+        state = RunState(state="running", updated=time.time(),
+                         attempts=(attempt("1", cluster="local", pid=os.getpid(), start=time.time()),))
+        write_run_state(state_path, state)
         counter = {str(counter)!r}
     """) + textwrap.dedent(then)
     return [sys.executable, "-c", code]
@@ -56,16 +62,15 @@ def test_local_child_sigkilled_by_the_oom_killer_is_out_of_memory(tmp_path, coun
     run_dir = sweep.dir / sweep.runs[0]
     rc = oom.supervise(run_dir, job_script(run_dir, counter, OOM_KILL), counter=[counter])
     assert rc == 128 + signal.SIGKILL
-    state = read_json(run_dir / "state.json")
-    attempt = state["attempts"][-1]
-    assert state["state"] == "out_of_memory" and attempt["outcome"] == "out_of_memory"
-    assert attempt["exit"] == -signal.SIGKILL and attempt["oom_kills"] == [3, 4]
-    assert state["error"] == ("killed for memory, not requeued: free memory on this machine (then make resume) "
-                              "or lower train.num_envs=2 (a new sweep)")
-    dead = str(attempt["pid"])  # reaped by supervise: not alive
+    state = read_run_state(run_dir / "state.json")
+    assert state.state == "out_of_memory" and state.last.outcome == "out_of_memory"
+    assert state.last.exit == -signal.SIGKILL and state.last.oom_kills == (3, 4)
+    assert state.error == ("killed for memory, not requeued: free memory on this machine (then make resume) "
+                           "or lower train.num_envs=2 (a new sweep)")
+    dead = str(state.last.pid)  # reaped by supervise: not alive
     sweep.record_submission(sweep.runs[0], dead, "local")
     row = run_status(sweep, sweep.runs[0], {}, {})
-    assert (row.state, row.reason) == ("OOM", state["error"])
+    assert (row.state, row.reason) == ("OOM", state.error)
     assert json.loads(to_json("oom", [row]))["counts"] == {"OOM": 1}
 
 
@@ -75,9 +80,9 @@ def test_local_sigkill_without_an_oom_kill_is_killed(tmp_path, counter):
     rc = oom.supervise(run_dir, job_script(run_dir, counter, "os.kill(os.getpid(), signal.SIGKILL)"),
                        counter=[counter])
     assert rc == 137
-    state = read_json(run_dir / "state.json")
-    assert state["state"] == "killed" and "not by the kernel's OOM killer" in state["error"]
-    sweep.record_submission(sweep.runs[0], str(state["attempts"][-1]["pid"]), "local")
+    state = read_run_state(run_dir / "state.json")
+    assert state.state == "killed" and "not by the kernel's OOM killer" in state.error
+    sweep.record_submission(sweep.runs[0], str(state.last.pid), "local")
     assert run_status(sweep, sweep.runs[0], {}, {}).state == "KILLED"
 
 
@@ -87,15 +92,14 @@ def test_local_worker_killed_for_memory_fails_the_job_as_out_of_memory(tmp_path,
     run_dir = sweep.dir / sweep.runs[0]
     fail = """
         open(counter, "w").write("oom_kill 4\\n")
-        state["state"], state["error"] = "failed", "EnvWorkerError: env worker 3 died, exit code -9"
-        state["attempts"][-1]["outcome"] = "failed"
-        open(state_path := {path!r}, "w").write(json.dumps(state))
+        state = replace(state, state="failed", error="EnvWorkerError: env worker 3 died, exit code -9")
+        write_run_state(state_path, state.with_last(outcome="failed"))
         sys.exit(1)
-    """.replace("{path!r}", repr(str(run_dir / "state.json")))
+    """
     assert oom.supervise(run_dir, job_script(run_dir, counter, fail), counter=[counter]) == 1
-    state = read_json(run_dir / "state.json")
-    assert state["state"] == "out_of_memory" and state["error"].endswith("(EnvWorkerError: env worker 3 died, "
-                                                                         "exit code -9)")
+    state = read_run_state(run_dir / "state.json")
+    assert state.state == "out_of_memory" and state.error.endswith("(EnvWorkerError: env worker 3 died, "
+                                                                   "exit code -9)")
 
 
 @pytest.mark.parametrize("exit_code", [0, LOCAL_REQUEUE_EXIT])
@@ -104,7 +108,7 @@ def test_local_clean_exits_pass_through_untouched(tmp_path, counter, exit_code):
     run_dir = sweep.dir / sweep.runs[0]
     then = f"open(counter, 'w').write('oom_kill 9\\\\n'); sys.exit({exit_code})"
     assert oom.supervise(run_dir, job_script(run_dir, counter, then), counter=[counter]) == exit_code
-    assert read_json(run_dir / "state.json")["state"] == "running"
+    assert read_run_state(run_dir / "state.json").state == "running"
 
 
 def test_watcher_forwards_the_stop_signal(tmp_path, counter):
@@ -125,8 +129,7 @@ def test_watcher_forwards_the_stop_signal(tmp_path, counter):
 def test_slurm_out_of_memory_from_sacct_lines(tmp_path, fake_bin):
     sweep = make_sweep(tmp_path, "dev")
     run = sweep.runs[0]
-    (sweep.dir / run / "state.json").write_text(json.dumps({"state": "running", "warnings": [], "attempts": [
-        {"job_id": "77", "restart": 0, "pid": 5, "start": 1.0}]}))
+    write_state(sweep.dir / run, "running", attempt("77", 0, pid=5))
     sweep.record_submission(run, "77", "slurm")
     for name in ("squeue", "sacct"):  # present on PATH; their output comes from the runner below
         fake_bin(name, "exit 3")
@@ -141,8 +144,9 @@ def test_slurm_out_of_memory_from_sacct_lines(tmp_path, fake_bin):
     assert row.state == "OOM" and row.reason == (
         "killed for memory, not requeued: raise cluster.mem_gb (unset: the partition's default; in the run's "
         "config.yaml, then make resume) or lower train.num_envs=2 (a new sweep)")
-    state = read_json(sweep.dir / run / "state.json")
-    assert state["state"] == "out_of_memory" and state["attempts"][-1]["outcome"] == "out_of_memory"
+    state = read_run_state(sweep.dir / run / "state.json")
+    assert state.state == "out_of_memory" and state.last.outcome == "out_of_memory"
+    assert state.last.slurm_state == "OUT_OF_MEMORY"
     assert sweep_status(sweep, runner)[0].reason == row.reason  # recorded once, not appended to again
 
 
@@ -175,13 +179,12 @@ def test_a_local_job_sigkilled_through_the_real_launcher_is_recorded(root, monke
     deadline = time.time() + 60
     while not (run / "logs" / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)
-    state = read_json(run / "state.json")
-    os.kill(state["attempts"][-1]["pid"], signal.SIGKILL)
+    os.kill(read_run_state(run / "state.json").last.pid, signal.SIGKILL)
     controller = json.loads((run / "submissions.jsonl").read_text().splitlines()[-1])["job_id"]
     while pid_alive(controller) and time.time() < deadline + 60:
         time.sleep(0.1)
-    state = read_json(run / "state.json")
-    assert state["state"] == "killed" and len(state["attempts"]) == 1, state
+    state = read_run_state(run / "state.json")
+    assert state.state == "killed" and len(state.attempts) == 1, state
     status = subprocess.run([sys.executable, "-m", "orchestrator", "--root", str(root), "status", "--sweep", "k",
                              "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(status.stdout)["runs"][0]["state"] == "KILLED"

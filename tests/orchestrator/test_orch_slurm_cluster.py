@@ -14,8 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from orchestrator import launch
+from orchestrator.run_state import RunState, read_run_state
 from orchestrator.status import latest_commit, sweep_status
-from orchestrator.sweep import Sweep, read_json
+from orchestrator.sweep import Sweep
 from tests.orchestrator.orch_workload import WORKLOAD, final_learner
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -50,10 +51,10 @@ def first_log_row(sweep: Sweep) -> Callable[[list], bool]:
     return lambda rows: metrics.exists() and metrics.stat().st_size > 0 and rows[0].state == "RUNNING"
 
 
-def assert_exact_finish(sweep: Sweep, steps: int) -> dict:
+def assert_exact_finish(sweep: Sweep, steps: int) -> RunState:
     learner = json.loads((sweep.dir / "s7" / "logs" / "final_learner.json").read_text())
     assert learner == json.loads(json.dumps(final_learner(7, steps)))
-    return read_json(sweep.dir / "s7" / "state.json")
+    return read_run_state(sweep.dir / "s7" / "state.json")
 
 
 def sacct_states(job_id: str) -> list[str]:
@@ -69,7 +70,7 @@ def test_time_limit_signal_commits_requeues_and_resumes(root, monkeypatch):
     seen: list = []
     watch(sweep, lambda rows: rows[0].state == "DONE", 300, seen)
     state = assert_exact_finish(sweep, 1100)
-    stops = [a.get("stop") for a in state["attempts"]]
+    stops = [a.stop for a in state.attempts]
     assert len(stops) >= 2 and set(stops[:-1]) == {"timeout"} and stops[-1] is None, stops
     assert [r for r in seen if r[0][0] in ("PENDING", "REQUEUED", "REQUEUE_HOLD") and r[0][1] >= 1], seen
     assert sweep_status(sweep)[0].requeues == len(stops) - 1
@@ -86,7 +87,7 @@ def test_preemption_by_a_high_priority_job_requeues_and_resumes(root, monkeypatc
     watch(sweep, lambda rows: rows[0].requeues >= 1, 120, seen)
     watch(sweep, lambda rows: rows[0].state == "DONE", 240, seen)
     state = assert_exact_finish(sweep, 500)
-    assert state["attempts"][0]["stop"] == "preempted", state["attempts"][0]
+    assert state.attempts[0].stop == "preempted", state.attempts[0]
     assert "REQUEUED" in sacct_states(job) and high.startswith("Submitted batch job")
 
 
@@ -100,7 +101,7 @@ def test_external_scontrol_requeue_restarts_from_the_commit(root, monkeypatch):
     committed = latest_commit(str(sweep.dir / "s7" / "durable"))["extra"]["progress"]["env_steps"]
     watch(sweep, lambda rows: rows[0].state == "DONE", 240, seen)
     state = assert_exact_finish(sweep, 500)
-    assert state["attempts"][0]["stop"] == "requeued" and 0 < committed < 500
+    assert state.attempts[0].stop == "requeued" and 0 < committed < 500
 
 
 def test_killed_step_restarts_from_the_last_periodic_commit(root, monkeypatch):
@@ -111,11 +112,11 @@ def test_killed_step_restarts_from_the_last_periodic_commit(root, monkeypatch):
     durable = str(sweep.dir / "s7" / "durable")
     watch(sweep, lambda rows: rows[0].commit is not None and rows[0].state == "RUNNING", 120, seen)
     # SIGKILL the step's Python (as the OOM killer would); `scancel --signal=KILL` would cancel the whole job
-    os.kill(read_json(sweep.dir / "s7" / "state.json")["attempts"][0]["pid"], signal.SIGKILL)
+    os.kill(read_run_state(sweep.dir / "s7" / "state.json").attempts[0].pid, signal.SIGKILL)
     watch(sweep, lambda rows: rows[0].requeues >= 1, 120, seen)
     watch(sweep, lambda rows: rows[0].state == "DONE", 240, seen)
     state = assert_exact_finish(sweep, 500)
-    assert state["attempts"][0].get("outcome") is None  # killed: it never got to record an outcome
+    assert state.attempts[0].outcome is None  # killed: it never got to record an outcome
     assert latest_commit(durable)["extra"]["progress"]["env_steps"] == 500
 
 
@@ -126,7 +127,7 @@ def test_cancel_commits_and_resume_continues_with_a_new_job(root, monkeypatch):
     watch(sweep, first_log_row(sweep), 120, seen)
     assert launch.cancel("cancel") == [job]
     watch(sweep, lambda rows: rows[0].state == "CANCELLED", 120, seen)
-    assert read_json(sweep.dir / "s7" / "state.json")["state"] == "cancelled"
+    assert read_run_state(sweep.dir / "s7" / "state.json").state == "cancelled"
     committed = latest_commit(str(sweep.dir / "s7" / "durable"))["extra"]["progress"]["env_steps"]
     assert 0 < committed < 400
     _, launched = launch.resume("cancel", follow=False)
@@ -151,8 +152,8 @@ def test_real_smoke_experiment_survives_preemption(root):
     subprocess.run(["sbatch", "-p", "high", "-c", "2", "-t", "1", "-o", "/dev/null", "--wrap", "sleep 2"],
                    check=True, capture_output=True, timeout=30)
     watch(sweep, lambda rows: rows[0].state == "DONE", 480, seen, run="s0")
-    state = read_json(sweep.dir / "s0" / "state.json")
-    assert state["attempts"][0]["stop"] == "preempted" and len(state["attempts"]) >= 2, state["attempts"]
+    state = read_run_state(sweep.dir / "s0" / "state.json")
+    assert state.attempts[0].stop == "preempted" and len(state.attempts) >= 2, state.attempts
     assert latest_commit(str(sweep.dir / "s0" / "durable"))["extra"]["progress"]["env_steps"] >= 4000
     assert "REQUEUED" in sacct_states(job)
 
@@ -183,6 +184,6 @@ def test_requeue_works_when_the_job_runs_in_a_container_without_scontrol(root, m
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)  # like submitit's _interrupt()
     watch(sweep, lambda rows: rows[0].state == "DONE", 240, seen)
     state = assert_exact_finish(sweep, 400)
-    assert state["attempts"][0]["stop"] == "interrupted" and len(state["attempts"]) == 2, state["attempts"]
+    assert state.attempts[0].stop == "interrupted" and len(state.attempts) == 2, state.attempts
     calls = (tmp_path / "r2i.sif.calls").read_text().splitlines()
     assert len(calls) == 2 and f"--nv --bind {root}" in calls[0], calls

@@ -14,9 +14,10 @@ from rich.console import Console
 from orchestrator.compose import compose_runs
 from orchestrator.config import REPO_ROOT, agent_run_config
 from orchestrator.status import pid_alive, read_metrics, run_status, table, to_json, write_html
-from orchestrator.sweep import Request, create_sweep, write_json_atomic
+from orchestrator.sweep import Request, create_sweep
 from tests.orchestrator import orch_workload
 from tests.orchestrator.orch_workload import WORKLOAD
+from tests.orchestrator.run_states import attempt, write_state
 
 
 def run_workload(sweep, run: str, stop_after: int | None) -> None:
@@ -40,10 +41,8 @@ def sweep(tmp_path_factory):
         mp.setenv("R2I_TEST_STEP_S", "0")
         run_workload(s, "s0", None)
         run_workload(s, "s1", 120)
-    write_json_atomic(s.dir / "s0" / "state.json", {"state": "done", "attempts": [
-        {"job_id": "11", "restart": 0}, {"job_id": "11", "restart": 1, "stop": "timeout"}], "warnings": []})
-    write_json_atomic(s.dir / "s1" / "state.json", {"state": "requeued", "warnings": ["w1"], "attempts": [
-        {"job_id": "12", "restart": 0, "stop": "preempted"}]})
+    write_state(s.dir / "s0", "done", attempt("11", 0), attempt("11", 1, stop="timeout"))
+    write_state(s.dir / "s1", "requeued", attempt("12", 0, stop="preempted"), warnings=("w1",))
     s.record_submission("s0", "11", "slurm")
     s.record_submission("s1", "12", "slurm")
     return s
@@ -117,8 +116,7 @@ def test_piped_status_keeps_every_header_and_cell_whole(tmp_path):
     runs = compose_runs("smoke", [3], f"run.root={root}", "local")
     s = create_sweep(root, "piped", Request("smoke", [3], [], "local"), runs)
     error = "RuntimeError: " + " ".join(f"the replay store at /scratch/piped/s3 said no ({i})" for i in range(6))
-    write_json_atomic(s.dir / "s3" / "state.json", {"state": "failed", "error": error, "attempts": [
-        {"job_id": "999999999", "restart": 0}], "warnings": []})
+    write_state(s.dir / "s3", "failed", attempt("999999999", 0, cluster="local"), error=error)
     s.record_submission("s3", "999999999", "local")  # no such pid: the job has ended
     out = subprocess.run([sys.executable, "-m", "orchestrator", "--root", str(root), "status", "--sweep", "piped"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # pipes
