@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from bench.chaos_entry import ENTRY, EVENTS, TARGET_ENV
 from bench.chaos_verdict import compact_events, read_events
@@ -328,16 +329,8 @@ def run_trial(kind: str, index: int, s: Settings, rng: random.Random) -> dict:
     # jobs (and a second writer's sbatch) inherit the submitter's env; the checkout on their path for run.entry
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {TARGET_ENV: s.target, "PYTHONPATH": path, **s.env}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):
         return _run_trial(kind, index, s, overrides, name, rng)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _run_trial(kind: str, index: int, s: Settings, overrides: str, name: str, rng: random.Random) -> dict:

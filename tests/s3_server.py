@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -75,21 +76,14 @@ def moto(log_path: Path, buckets: tuple[str, ...] = (BUCKET,)) -> Iterator[str]:
         raise FileNotFoundError(f"{exe} not found (run `make setup`, which builds the S3 test server's venv)")
     with open(log_path, "wb") as log:
         proc, url = _start(exe, log)
-        env = dict(zip(AWS_ENV, (url, "testing", "testing", "us-east-1"), strict=True))
-        saved = {k: os.environ.get(k) for k in [*env, "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
-        os.environ.update(env)
-        for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            os.environ.pop(k, None)
         try:
-            for b in buckets:
-                urllib.request.urlopen(urllib.request.Request(f"{url}/{b}", method="PUT"), timeout=10).close()
-            yield url
-        finally:
-            for k, v in saved.items():
-                if v is None:
+            with mock.patch.dict(os.environ, dict(zip(AWS_ENV, (url, "testing", "testing", "us-east-1"), strict=True))):
+                for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):  # a real account's, which moto would not know
                     os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+                for b in buckets:
+                    urllib.request.urlopen(urllib.request.Request(f"{url}/{b}", method="PUT"), timeout=10).close()
+                yield url
+        finally:
             proc.terminate()
             try:
                 proc.wait(timeout=10)
