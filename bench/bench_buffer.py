@@ -1,7 +1,8 @@
 """Replay buffer benchmark (`make bench-buffer`): add, sample, commit and restore, with same-run baselines.
 
-Run as `python -m bench.bench_buffer [--quick]` or `python bench/bench_buffer.py`;
-writes bench/results/buffer.json.
+Run as `python -m bench.bench_buffer [--quick]` (`make bench-buffer`); writes bench/results/buffer.json.
+The workload (schema, frames, step source) is in bench/buffer_workload.py, the durable-store parts (commit,
+metadata growth, restore) in bench/bench_buffer_store.py.
 Frames are real Memory Maze 9x9 frames (64x64x3 uint8) rendered by the project's env adapter under a walking
 policy (mostly forward, turning now and then), so every codec sees what training stores; where Memory Maze cannot
 render, synthetic frames with the same zstd-1 ratio (textured walls and floor, moving objects, sensor noise).
@@ -14,143 +15,27 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # `python bench/bench_buffer.py`: make the project importable as installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from buffer import FieldSpec, Replay, ReplayConfig  # noqa: E402
-from buffer.codec import ShardCodec  # noqa: E402
-from buffer.sampling import plan_batch  # noqa: E402
-
-SCHEMA = {
-    "image": FieldSpec((64, 64, 3), "uint8"),
-    "reward": FieldSpec((), "float32"),
-    "action": FieldSpec((), "int32"),
-    "is_first": FieldSpec((), "bool"),
-    "is_last": FieldSpec((), "bool"),
-    "is_terminal": FieldSpec((), "bool"),
-}
-STEP_BYTES = sum(s.step_bytes for s in SCHEMA.values())
-
-
-def make_frames(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 64, 64, 3) uint8: a flat-shaded textured room seen by a moving camera, objects, and sensor-like
-    noise on 15% of pixels; zstd-1 compresses it about as well as real Memory Maze frames (~3.4x)."""
-    rng = np.random.default_rng(seed)
-    tex = rng.integers(0, 256, (256, 256, 3)).astype(np.float32)
-    for _ in range(3):  # blur into blotchy wall texture
-        tex = (tex + np.roll(tex, 1, 0) + np.roll(tex, 1, 1) + np.roll(tex, -1, 0) + np.roll(tex, -1, 1)) / 5
-    tex = (np.clip((tex - tex.mean()) * 6 + 128, 0, 255).astype(np.uint8) // 16) * 16
-    frames = np.empty((n, 64, 64, 3), np.uint8)
-    x = y = 0.0
-    for t in range(n):
-        x, y = (x + 1.3 * np.sin(t / 37)) % 192, (y + 0.9 * np.cos(t / 23)) % 192
-        f = tex[int(y):int(y) + 64, int(x):int(x) + 64].copy()
-        f[40:, :] = (f[40:, :] // 2 + 60)  # floor
-        for j in range(3):
-            cx, cy = int(32 + 20 * np.sin(t / 11 + j * 2)), int(30 + 15 * np.cos(t / 17 + j))
-            f[max(cy - 4, 0):cy + 4, max(cx - 4, 0):cx + 4] = (200, 60 * j, 255 - 80 * j)
-        mask = rng.random((64, 64, 1)) < 0.15
-        f = np.where(mask, f ^ rng.integers(0, 4, (64, 64, 3), dtype=np.uint8), f)
-        frames[t] = f
-    return frames
-
-
-def render_frames(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 64, 64, 3) uint8 Memory Maze 9x9 frames: each action (mostly forward) held for a few steps, as a
-    walking agent moves; a random policy turns in place and compresses ~1.5x better than this."""
-    from agent.envs import make_env
-    from agent.envs.config import EnvConfig
-
-    env = make_env(EnvConfig(kind="mmaze", id="9x9"))
-    rng = np.random.default_rng(seed)
-    frames, ep, action = np.empty((n, 64, 64, 3), np.uint8), 0, 1
-    obs = env.reset(seed * 1000)
-    for t in range(n):
-        frames[t] = obs["image"]
-        if t % 8 == 0 or rng.random() < 0.1:
-            action = int(rng.choice([1, 1, 1, 2, 3, 4, 5]))  # forward x3, left, right, forward+left/right
-        obs, _, term, trunc = env.step(action)
-        if term or trunc:
-            ep += 1
-            obs = env.reset(seed * 1000 + ep)
-    return frames
-
-
-def frame_pool(n: int, kind: str) -> tuple[np.ndarray, str]:
-    """(frames, what they are): rendered Memory Maze frames unless kind="synthetic" or rendering fails."""
-    if kind == "mmaze":
-        try:
-            return render_frames(n), "memory-maze 9x9, walking policy"
-        except Exception as e:  # noqa: BLE001 - no GL backend here: say so in the JSON and go on
-            print(f"Memory Maze cannot render here ({type(e).__name__}: {e}); using synthetic frames", flush=True)
-    return make_frames(n), "synthetic"
-
-
-def bench_codecs(pools: dict[str, np.ndarray], inner: int = 64, rounds: int = 5) -> dict:
-    """Each codec on each frame set, one thread, through the buffer's own encode/decode of inner chunks:
-    stored ratio, decode GB/s (best of `rounds`) and encode MB/s."""
-    out: dict = {}
-    for pname, pool in pools.items():
-        chunks = [np.ascontiguousarray(pool[i:i + inner]) for i in range(0, len(pool) - inner + 1, inner)]
-        raw = sum(c.nbytes for c in chunks)
-        for cname, level in (("zstd", 1), ("zstd", -1), ("lz4", 1)):
-            codec = ShardCodec(inner, inner, level, cname)
-            t0 = time.perf_counter()
-            encs = [codec.encode_inner(c) for c in chunks]
-            enc_s = time.perf_counter() - t0
-            buf, best = np.empty_like(chunks[0]), float("inf")
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                for e in encs:
-                    codec.decode_inner(e, buf, "bench")
-                best = min(best, time.perf_counter() - t0)
-            name = "lz4" if cname == "lz4" else f"zstd{level}"
-            out.setdefault(pname, {})[name] = {"ratio": raw / sum(map(len, encs)), "decode_GBps": raw / best / 1e9,
-                                               "encode_MBps": raw / enc_s / 1e6}
-    return out
-
-
-class StepSource:
-    """Steps for W streams from a frame pool (streams offset in the pool), with 500-step episodes."""
-
-    def __init__(self, num_streams: int, pool: np.ndarray):
-        self.w, self.pool, self.i = num_streams, pool, 0
-        self.offsets = (np.arange(num_streams) * 997) % len(pool)
-
-    def next(self) -> dict[str, np.ndarray]:
-        i, w = self.i, self.w
-        self.i += 1
-        pos = (i + np.arange(w) * 37) % 500
-        return {"image": self.pool[(self.offsets + i) % len(self.pool)],
-                "reward": np.full(w, i % 7, np.float32), "action": np.full(w, i % 5, np.int32),
-                "is_first": pos == 0, "is_last": pos == 499, "is_terminal": np.zeros(w, bool)}
-
-
-def dir_bytes(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-
-
-def fill(r: Replay, src: StepSource, steps_per_stream: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(steps_per_stream):
-        r.add(src.next())
-    return time.perf_counter() - t0
-
-
-def fill_cpu(r: Replay, src: StepSource, steps_per_stream: int) -> tuple[float, float]:
-    """(wall, process CPU) seconds of the adds alone; 256 distinct steps are made beforehand and cycled."""
-    steps = [src.next() for _ in range(256)]
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(steps_per_stream):
-        r.add(steps[i % 256])
-    return time.perf_counter() - t0, time.process_time() - c0
+from bench.bench_buffer_store import bench_commit, bench_manifest_growth, bench_restore, extrapolate_restore
+from bench.buffer_workload import (
+    SCHEMA,
+    StepSource,
+    bench_codecs,
+    dir_bytes,
+    drop_cache,
+    fill,
+    fill_cpu,
+    frame_pool,
+    make_frames,
+)
+from buffer import Replay, ReplayConfig
+from buffer.codec import ShardCodec
+from buffer.sampling import plan_batch
 
 
 def bench_add(work: Path, pool: np.ndarray, steps: int, level: int = 1,
@@ -177,17 +62,6 @@ def memmap_baseline(path: Path, pool: np.ndarray, w: int, t: int) -> None:
         mm[:, i] = src.next()["image"]
     mm.flush()
     del mm
-
-
-def drop_cache(root: Path) -> None:
-    """Evict our own files from the page cache (fsync, POSIX_FADV_DONTNEED): cold reads without root."""
-    for f in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def memmap_read(mm: np.ndarray, plan: tuple[np.ndarray, np.ndarray], length: int) -> np.ndarray:
@@ -325,177 +199,6 @@ def _on_cores(n: int, fn):
         return fn()
     finally:
         os.sched_setaffinity(0, allowed)
-
-
-def raw_write(path: Path, chunks: list[bytes], fsync: bool) -> float:
-    t0 = time.perf_counter()
-    with open(path, "wb") as fh:
-        for c in chunks:
-            fh.write(c)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    return time.perf_counter() - t0
-
-
-def bench_commit(work: Path, pool: np.ndarray, base_steps: int, new_steps: int, rounds: int) -> dict:
-    """Commits of `new_steps` new steps (over all 16 streams) on top of `base_steps`, each followed by a raw
-    sequential write (one file, one fsync) of as many bytes as the commit wrote, to the same durable folder;
-    medians over `rounds` because the disk is shared.
-
-    New data is measured as the new steps' share of the compressed store: new steps x compressed bytes per step
-    of every finished shard on scratch. A commit's written bytes count everything: chunk objects, its pack
-    (tails, segments, blobs) and the manifest."""
-    w = 16
-    d = work / "commit"
-    d.mkdir(parents=True)
-    cfg = ReplayConfig(capacity=10**8, threads=2)
-    r = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b")
-    src = StepSource(w, pool)
-    fill(r, src, base_steps // w)
-    r.commit({})
-    # a raw write of n bytes writes the first n of these: compressed frames, as incompressible as the commit's
-    payload = b"".join(r._scratch.read(f, s, k) for k in range(min(r.info["k_hi"], 2 * new_steps // w // 1024 + 2))
-                       for s in range(w) for f in r.fields)
-    out: dict = {"base_steps": base_steps, "new_steps": new_steps, "rounds": []}
-    for i in range(rounds):
-        fill(r, src, new_steps // w)
-        t0 = time.perf_counter()
-        r.commit({"x": i})
-        dt = time.perf_counter() - t0
-        st = dict(r.stats)
-        k_hi = r.info["k_hi"]
-        per_step = sum(os.path.getsize(r._scratch.file(f, s, k)) for f in r.fields for s in range(w)
-                       for k in range(k_hi)) / (k_hi * cfg.chunk * w)
-        new_compressed = (new_steps // w) * w * per_step
-        written = st["last_commit_bytes"]
-        while len(payload) < written:
-            payload += payload
-        dt_raw = raw_write(d / "d" / "raw.bin", [memoryview(payload)[j:min(j + 2**24, written)]
-                                                 for j in range(0, written, 2**24)], fsync=True)
-        os.unlink(d / "d" / "raw.bin")
-        out["rounds"].append({
-            "commit_s": dt, "raw_write_s": dt_raw, "ratio_vs_raw": dt_raw / dt,
-            "bytes_written": written, "chunk_bytes": st["last_commit_chunk_bytes"],
-            "pack_bytes": st["last_commit_pack_bytes"], "manifest_bytes": st["last_commit_manifest_bytes"],
-            "new_compressed_bytes": new_compressed, "new_raw_bytes": (new_steps // w) * w * STEP_BYTES,
-            "written_over_new_compressed": written / new_compressed})
-    for key in ("commit_s", "raw_write_s", "ratio_vs_raw", "written_over_new_compressed"):
-        out[f"median_{key}"] = float(np.median([x[key] for x in out["rounds"]]))
-    out["total_written_over_new_compressed"] = (sum(x["bytes_written"] for x in out["rounds"])
-                                                / sum(x["new_compressed_bytes"] for x in out["rounds"]))
-    t0 = time.perf_counter()
-    r.commit({"x": "empty"})
-    out["empty_commit_s"] = time.perf_counter() - t0
-    r.close()
-    shutil.rmtree(d)
-    return out
-
-
-def bench_manifest_growth(work: Path, pool: np.ndarray, sizes: list[int], new_steps: int, rounds: int) -> dict:
-    """Metadata a commit writes as the buffer grows: manifest and pages, and the commit's time, for commits of
-    `new_steps` steps (all 16 streams) at each buffer size in `sizes`; pages of 16 shards (the default) side by
-    side with every row inline in the manifest (the previous format), both buffers fed the same steps.
-
-    A manifest's rows count shards, streams and fields, not bytes per step: the image field is cut to 4x4x3
-    so that a buffer with as many shards as 10M image steps builds in minutes on this machine."""
-    w = 16
-    schema = dict(SCHEMA, image=FieldSpec((4, 4, 3), "uint8"))
-    small = np.ascontiguousarray(pool[:, ::16, ::16])
-    out: dict = {"new_steps": new_steps, "rounds": rounds, "image_shape": [4, 4, 3], "sizes": {}}
-    bufs = {}
-    for name, page in (("paged", 16), ("inline", 10**9)):
-        d = work / f"growth-{name}"
-        d.mkdir(parents=True)
-        cfg = ReplayConfig(capacity=10**9, threads=2, table_page=page)
-        bufs[name] = Replay(schema, w, str(d / "s"), str(d / "d"), cfg, batch=1, length=1, writer_token="b")
-    srcs = {name: StepSource(w, small) for name in bufs}
-    t = 0
-    for size in sizes:
-        row: dict = {}
-        for name, r in bufs.items():
-            src = srcs[name]
-            for _ in range(size // w - t):
-                r.add(src.next())
-            r.commit({})  # the shards of the fill: not part of what is measured
-            rounds_out = []
-            for i in range(rounds):
-                for _ in range(new_steps // w):
-                    r.add(src.next())
-                t0 = time.perf_counter()
-                r.commit({"i": i})
-                st = r.stats
-                rounds_out.append({"commit_s": time.perf_counter() - t0, "bytes": st["last_commit_bytes"],
-                                   "manifest_bytes": st["last_commit_manifest_bytes"],
-                                   "page_bytes": st["last_commit_page_bytes"]})
-            row[name] = {k: float(np.median([x[k] for x in rounds_out])) for k in rounds_out[0]}
-            row[name]["max_manifest_plus_page_bytes"] = max(x["manifest_bytes"] + x["page_bytes"]
-                                                            for x in rounds_out)
-        t = size // w + rounds * (new_steps // w)
-        row["shards"] = bufs["paged"].info["k_hi"] * w
-        out["sizes"][str(size)] = row
-        print("manifest_growth", size, json.dumps(row), flush=True)
-    for r in bufs.values():
-        r.close()
-    for name in bufs:
-        shutil.rmtree(work / f"growth-{name}")
-    return out
-
-
-def bench_restore(work: Path, pool: np.ndarray, steps: int) -> dict:
-    w = 16
-    d = work / f"restore-{steps}"
-    d.mkdir(parents=True)
-    cfg = ReplayConfig(capacity=10**8, threads=2, fsync=False)
-    t_build = time.perf_counter()
-    r = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), cfg, batch=4, length=1024, writer_token="b")
-    fill(r, StepSource(w, pool), steps // w)
-    r.commit({})
-    r.close()
-    out = {"steps": (steps // w) * w, "durable_bytes": dir_bytes(d / "d"),
-           "build_s": time.perf_counter() - t_build}
-    t0 = time.perf_counter()
-    shutil.copytree(d / "d", d / "copy")
-    out["copy_whole_store_s"] = time.perf_counter() - t0
-    shutil.rmtree(d / "copy")
-    modes = [("lazy_wiped", True, True), ("full_wiped", False, True), ("full_kept", False, False)]
-    for name, lazy, wipe in modes:
-        if wipe:
-            shutil.rmtree(d / "s", ignore_errors=True)
-        t0 = time.perf_counter()
-        rr = Replay(SCHEMA, w, str(d / "s"), str(d / "d"), ReplayConfig(capacity=10**8, lazy=lazy, threads=2),
-                    batch=4, length=1024, writer_token=name)
-        rr.restore()
-        t1 = time.perf_counter()
-        rr.sample()
-        t2 = time.perf_counter()
-        out[name] = {"restore_s": t1 - t0, "first_sample_s": t2 - t0}
-        if lazy:
-            rr._lazy_thread.join()
-            out[name]["background_fetch_done_s"] = time.perf_counter() - t0
-        rr.close()
-    shutil.rmtree(d)
-    return out
-
-
-def extrapolate_restore(by_steps: dict, to_steps: int = 10_000_000) -> dict:
-    """Each restore time (and the store's size) on a straight line through the measured buffer sizes, at
-    `to_steps`: copying and full restores grow with the bytes, a lazy first sample should not."""
-    xs = np.array([v["steps"] for v in by_steps.values()], float)
-    paths = {"durable_bytes": ("durable_bytes",), "copy_whole_store_s": ("copy_whole_store_s",)} | {
-        f"{mode}.{m}": (mode, m) for mode in ("lazy_wiped", "full_wiped", "full_kept")
-        for m in ("first_sample_s", "background_fetch_done_s") if m in next(iter(by_steps.values()))[mode]}
-
-    def at(v: dict, path: tuple[str, ...]) -> float:
-        for p in path:
-            v = v[p]
-        return float(v)
-
-    out: dict = {"to_steps": to_steps, "from_steps": xs.astype(int).tolist()}
-    for name, path in paths.items():
-        slope, icept = np.polyfit(xs, [at(v, path) for v in by_steps.values()], 1)
-        out[name] = float(icept + slope * to_steps)
-    return out
 
 
 def machine() -> dict:

@@ -12,8 +12,8 @@ import pytest
 import buffer
 
 REPO = Path(__file__).resolve().parents[1]
-# a benchmark of the buffer's own parts (the codec and the batch planner), not a user of the buffer
-INTERNAL_USERS = {"bench/bench_buffer.py"}
+# the benchmark of the buffer's own parts (the codec and the batch planner), not a user of the buffer
+INTERNAL_USERS = {"bench/bench_buffer.py", "bench/buffer_workload.py"}
 FORBIDDEN = {"buffer": ("agent", "orchestrator"), "agent": ("orchestrator",)}
 
 
