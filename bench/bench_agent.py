@@ -1,6 +1,7 @@
 """Agent micro-benchmark: train-step compile/run time, XLA FLOPs vs a measured matmul peak, policy steps/s.
 
-    python -m bench.bench_agent [--quick] [--presets tiny,tmaze] [--out bench/results/agent.json]
+    python -m bench.bench_agent [--quick] [--presets tiny,tmaze] [--precisions float32,bfloat16]
+                                [--out bench/results/agent.json]
 
 FLOPs come from XLA's cost analysis of the compiled step. It counts each while-loop body once (the imagination
 scan over the horizon and the scan over SSM layers), so `flops_per_step` and `utilisation` are lower bounds.
@@ -22,6 +23,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from agent.config import agent_config_from
+from agent.device import device_fingerprint
 from agent.learner import make_learner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,9 +67,12 @@ def make_batch(spec: dict, seed: int) -> dict:
     return out
 
 
-def bench_preset(name: str, batch: int, length: int, steps: int, envs: int, policy_steps: int, peak: float):
+def bench_preset(name: str, batch: int, length: int, steps: int, envs: int, policy_steps: int, peak: float,
+                 precision: str = "float32"):
     base = "tiny" if name == "tiny_image" else name
-    cfg = agent_config_from(OmegaConf.load(REPO / "experiments" / "agent" / f"{base}.yaml"))
+    conf = OmegaConf.load(REPO / "experiments" / "agent" / f"{base}.yaml")
+    conf.precision = precision
+    cfg = agent_config_from(conf)
     learner = make_learner(cfg, OBS[name], ACTIONS[name])
     t = time.perf_counter()
     state = jax.jit(learner.init)(jax.random.PRNGKey(0))
@@ -109,7 +114,8 @@ def bench_preset(name: str, batch: int, length: int, steps: int, envs: int, poli
         np.asarray(action)  # the env loop needs the actions on the host every step
     policy_s = (time.perf_counter() - t) / policy_steps
     return {
-        "preset": name, "obs": {k: list(s) for k, s in OBS[name].items()}, "params": n_params,
+        "preset": name, "precision": precision, "obs": {k: list(s) for k, s in OBS[name].items()},
+        "params": n_params,
         "batch": batch, "length": length, "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
         "train_step_s": step_s, "train_step_s_all": times, "frames_per_s": batch * length / step_s,
         "flops_per_step": flops, "achieved_gflops": flops / step_s / 1e9,
@@ -126,6 +132,7 @@ def main() -> None:
     ap.add_argument("--presets", default=None, help="comma list of presets (default: quick=tiny,tiny_image)")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--length", type=int, default=None)
+    ap.add_argument("--precisions", default="float32", help="agent.precision values, each measured in turn")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "agent.json"))
     args = ap.parse_args()
     quick = args.quick
@@ -135,15 +142,17 @@ def main() -> None:
     peak = matmul_peak(1024 if quick else 2048, 5 if quick else 10)
     results = []
     for name in presets:
-        res = bench_preset(name, batch, length, steps=3 if quick else 10, envs=8,
-                           policy_steps=50 if quick else 200, peak=peak["gflops"])
-        print(json.dumps({k: v for k, v in res.items() if k not in ("final_metrics", "train_step_s_all")}),
-              flush=True)
-        results.append(res)
+        for precision in args.precisions.split(","):
+            res = bench_preset(name, batch, length, steps=3 if quick else 10, envs=8,
+                               policy_steps=50 if quick else 200, peak=peak["gflops"], precision=precision)
+            print(json.dumps({k: v for k, v in res.items() if k not in ("final_metrics", "train_step_s_all")}),
+                  flush=True)
+            results.append(res)
     out = {
         "quick": quick, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
         "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "jax": jax.__version__, "precision": "float32", "load_avg_1m": os.getloadavg()[0],
+        "jax": jax.__version__, "precisions": args.precisions.split(","), "load_avg_1m": os.getloadavg()[0],
+        "device_fingerprint": device_fingerprint().to_json(),
         "matmul_peak": peak, "results": results,
         "note": "XLA cost analysis counts while-loop bodies once: FLOPs and utilisation are lower bounds.",
     }
