@@ -27,8 +27,10 @@ JSON ?= 0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 RECIPE ?= tmaze_passive_L20
-# 8 kinds x 5 trials, up to 5 faults each (time limit, second copy: fewer): ~150 interruptions, ~2.5 h on 2 busy cores
-CHAOS_ARGS ?= --trials-per-kind 5 --faults-per-trial 5 --max-delay-s 8
+# zstd store: 8 kinds x 2 trials, up to 5 faults each (time limit: more, second copy: one), ~80 interruptions; then
+# an lz4 store, 1 trial a kind; then stores on a local S3 server (the kinds that do not edit store files, 3 faults
+# each). ~1.7 h in all on 2 cores -> chaos.json, chaos_lz4.json, chaos_s3.json
+CHAOS_ARGS ?= --trials-per-kind 2 --faults-per-trial 5 --max-delay-s 8
 # The same faults once the buffer holds 1M steps (64 in-process T-Maze envs fill it in minutes) -> chaos_1m.json
 CHAOS_1M_ARGS ?= --kinds preempt,scratch_wipe,sigkill --trials-per-kind 1 --faults-per-trial 3 --max-delay-s 8 \
   --fault-after-steps 1000000 --trial-timeout-s 3600 --root /tmp/r2i-chaos-1m --out bench/results/chaos_1m.json \
@@ -122,9 +124,13 @@ bench-preempt: setup ## what one preemption costs with the mmaze agent and Memor
 bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png
 	$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS)
 
-chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind, compare to an uninterrupted run -> bench/results/chaos.json
+chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind (zstd, lz4 and S3 stores), compare to an uninterrupted run -> bench/results/chaos*.json
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
-	$(PY) -m bench.chaos $(CHAOS_ARGS)
+	$(PY) -m bench.chaos $(CHAOS_ARGS) --root /tmp/r2i-chaos-zstd
+	$(PY) -m bench.chaos $(CHAOS_ARGS) --trials-per-kind 1 --also replay.codec=lz4 --root /tmp/r2i-chaos-lz4 \
+	  --out bench/results/chaos_lz4.json
+	$(PY) -m bench.chaos $(CHAOS_ARGS) --trials-per-kind 1 --faults-per-trial 3 --s3 --root /tmp/r2i-chaos-s3 \
+	  --kinds preempt,requeue,sigkill,scratch_wipe,second_writer --out bench/results/chaos_s3.json
 
 chaos-1m: setup cluster-up ## the chaos faults at a 1M-step buffer (restore cost vs buffer size) -> bench/results/chaos_1m.json
 	$(PY) -m bench.chaos $(CHAOS_1M_ARGS)

@@ -2,7 +2,7 @@
 state with one uninterrupted run of the same seed, submitted the same way (same partition, CPUs, entry: the
 same XLA bits). Writes bench/results/chaos.json (rewritten after every trial) and prints a markdown table.
 
-    python -m bench.chaos [--trials-per-kind N] [--kinds a,b] [--seed S] [--args "hydra overrides"]
+    python -m bench.chaos [--trials-per-kind N] [--kinds a,b] [--seed S] [--args "hydra overrides"] [--also "k=v"]
                           [--stop-by HH:MM (UTC; no trial starts after)] [--out FILE] [--s3]
 
 With --s3 every run's durable store is in a bucket of an S3 protocol server (moto, from `make setup`) that the
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--seed", type=int, default=0, help="the fault schedule's seed (and the run's)")
     p.add_argument("--args", default=Settings().overrides, help="hydra overrides of every run")
+    p.add_argument("--also", default="", help="hydra overrides added to --args (e.g. replay.codec=lz4)")
     p.add_argument("--max-delay-s", type=float, default=Settings().max_delay_s)
     p.add_argument("--faults-per-trial", type=int, default=Settings().faults_per_trial,
                    help="faults delivered to one run, one per attempt (second_writer: 1)")
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.s3 and set(kinds) & set(LOCAL_ONLY):
         p.error(f"--s3: {sorted(set(kinds) & set(LOCAL_ONLY))} need a filesystem durable store; pass --kinds "
                 f"without them")
+    a.args = f"{a.args} {a.also}".strip()
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:

@@ -52,8 +52,9 @@ class Settings:
 
     exp: str = "smoke"
     seed: int = 0
-    # 128-step shards and pages of 4: a run of 1500 steps a stream finishes 11 shards and writes 2 pages
-    overrides: str = ("train.steps=3000 train.prefill=200 train.log_every=100 train.commit_every_min=0.1 "
+    # 128-step shards and pages of 4: a run of 5000 steps a stream finishes 38 shards and writes 9 pages; ~70 s
+    # of training here, long enough for five faults an attempt apart
+    overrides: str = ("train.steps=10000 train.prefill=200 train.log_every=100 train.commit_every_min=0.1 "
                       "replay.chunk=128 replay.table_page=4 cluster.cpus=1 cluster.time_min=10")
     target: str = "agent.train:train"
     env: dict = field(default_factory=dict)  # extra environment of the jobs (e.g. R2I_TEST_STEP_S)
