@@ -29,7 +29,7 @@ from bench.chaos_entry import ENTRY, EVENTS, TARGET_ENV
 from bench.chaos_verdict import compact_events, read_events
 from buffer import DurableStoreError, manifest_keys, read_latest_manifest
 from orchestrator import launch
-from orchestrator.run_state import read_run_state
+from orchestrator.run_state import RunState, read_run_state
 from orchestrator.status import pid_alive
 from orchestrator.sweep import Sweep
 from orchestrator.verify import fingerprint
@@ -93,9 +93,9 @@ class Trial:
     faults: list = field(default_factory=list)  # every fault's notes
     extra_jobs: list = field(default_factory=list)
 
-    def state(self) -> dict:
-        st = read_run_state(self.run_dir / "state.json")
-        return {} if st is None else st.to_json()
+    def state(self) -> RunState:
+        """The run's state.json; before the job's first word, an empty record (no state, no attempts)."""
+        return read_run_state(self.run_dir / "state.json") or RunState(state="", updated=0.0)
 
     @property
     def remote(self) -> bool:
@@ -136,13 +136,13 @@ class Trial:
                 return
             time.sleep(poll_s)
         raise ChaosError(f"{self.kind}: timed out after {timeout_s:.0f} s waiting for {what} "
-                         f"(job {self.job} {_squeue_state(self.job)}, state {self.state().get('state')})")
+                         f"(job {self.job} {_squeue_state(self.job)}, state {self.state().state})")
 
     def live(self) -> bool:
         return any(_squeue_state(j) is not None for j in [self.job, *self.extra_jobs])
 
     def attempt_pid(self) -> int:
-        return int(self.state()["attempts"][-1]["pid"])
+        return self.state().attempts[-1].pid
 
     def wait_running_commit(self, min_attempts: int, min_steps: int = 0, timeout_s: float = 600) -> None:
         """Until attempt `min_attempts` (or a later one) has committed after an update and at or past
@@ -150,11 +150,11 @@ class Trial:
         first compile is not answered within a 15 s grace: a known limit, not what these trials probe)."""
         def ready() -> bool:
             st = self.state()
-            if st.get("state") in END_STATES:
+            if st.state in END_STATES:
                 return True
-            att = st.get("attempts") or []
-            return st.get("state") == "running" and len(att) >= min_attempts and any(
-                c[0] > att[-1]["start"] and c[3] > 0 and c[1] >= min_steps for c in self.commits)
+            att = st.attempts
+            return st.state == "running" and len(att) >= min_attempts and any(
+                c[0] > att[-1].start and c[3] > 0 and c[1] >= min_steps for c in self.commits)
 
         self.wait(ready, timeout_s, f"a commit after an update at >= {min_steps} env steps")
 
@@ -166,22 +166,22 @@ class Trial:
 
 def _sleep_observing(t: Trial, seconds: float) -> None:
     end = time.time() + seconds
-    while time.time() < end and t.state().get("state") not in END_STATES:
+    while time.time() < end and t.state().state not in END_STATES:
         t.observe()
         time.sleep(min(0.2, max(0.0, end - time.time())))
 
 
 def _hold_and(t: Trial, action) -> None:
     """Requeue the job held, run `action` while no attempt can start, then release it (a new node)."""
-    attempts = len(t.state().get("attempts", []))
+    attempts = len(t.state().attempts)
     pid = t.attempt_pid()
     _sh("scontrol", "requeuehold", t.job)
     t.wait(lambda: not pid_alive(pid) and _squeue_state(t.job) in ("PENDING", None), 120, "the held requeue")
-    if t.state().get("state") in END_STATES or _squeue_state(t.job) is None:
+    if t.state().state in END_STATES or _squeue_state(t.job) is None:
         t.notes["missed"] = "the run ended before the held requeue took effect"
         return
     _sh("scontrol", "hold", t.job, check=False)  # the host-side teardown may have requeued it again
-    if len(t.state().get("attempts", [])) != attempts:
+    if len(t.state().attempts) != attempts:
         raise ChaosError(f"{t.kind}: a new attempt started before the scratch could be wiped")
     t.observe()
     action()
@@ -256,10 +256,10 @@ def inject(t: Trial, s: Settings) -> None:
         t.faults.append(t.notes)
         t.wait_running_commit(min_attempts, s.fault_after_steps, max(600.0, s.timeout_s - (time.time() - t.t_submit)))
         # the next fault waits for the next attempt (this one may still show "running" while it commits)
-        min_attempts = len(t.state().get("attempts") or []) + 1
-        if t.state().get("state") not in END_STATES:
+        min_attempts = len(t.state().attempts) + 1
+        if t.state().state not in END_STATES:
             t.random_delay(s.max_delay_s)
-        if t.state().get("state") in END_STATES:
+        if t.state().state in END_STATES:
             t.notes["missed"] = "the run ended before the fault"
             return
         _inject_once(t)
@@ -342,16 +342,16 @@ def _run_trial(kind: str, index: int, s: Settings, overrides: str, name: str, rn
     record: dict[str, Any] = {"kind": kind, "index": index, "sweep": name, "job": t.job}
     try:
         inject(t, s)
-        t.wait(lambda: t.state().get("state") in END_STATES and not t.live(),
+        t.wait(lambda: t.state().state in END_STATES and not t.live(),
                s.timeout_s - (time.time() - t.t_submit), "the run's end", poll_s=0.5)
     except ChaosError as e:
         record["error"] = str(e)
         for j in [t.job, *t.extra_jobs]:
             _sh("scancel", j, check=False)
     st = t.state()
-    record.update(state=st.get("state"), run_error=st.get("error"), notes=t.faults, commits=t.commits,
-                  attempts=[{k: a.get(k) for k in ("job_id", "restart", "start", "end", "outcome", "stop")}
-                            for a in st.get("attempts", [])],
+    record.update(state=st.state or None, run_error=st.error, notes=t.faults, commits=t.commits,
+                  attempts=[{k: getattr(a, k) for k in ("job_id", "restart", "start", "end", "outcome", "stop")}
+                            for a in st.attempts],
                   events=compact_events(read_events(paths.logs / EVENTS)), wall_s=round(time.time() - t.t_submit, 1))
     try:
         record["fingerprint"] = fingerprint(paths.durable, paths.metrics)
