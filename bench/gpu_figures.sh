@@ -1,6 +1,6 @@
 #!/bin/bash
 # Every GPU figure the throughput targets ask for, in one pass under the device tool's budget (one H200, 16 cores,
-# a few minutes of device time in all): each part under its own timeout, results as JSON in $OUT as they come.
+# a few minutes of device time in all): each part in turn under its own timeout, results as JSON in $OUT as they come.
 #
 #   bash ../shared/gpu-kit/prepare.sh                          # here, once: .gpu-kit/ (ignored by git)
 #   run: source .gpu-kit/install.sh && bash bench/gpu_figures.sh   (carry .gpu-kit; OUT is set by the tool)
@@ -8,9 +8,10 @@
 #
 # Parts, most wanted first (each skips when the time left cannot hold it):
 #   agent      mmaze train step B4 x T1024 in float32 and bfloat16 (target: bf16 <= 0.07 s)   ~4 min
-#   exactness  two processes, same mmaze step bits (the compile cache shared, as jobs share it) ~3 min, beside agent
 #   loop       mmaze9x9 through the real loop, 16 env processes, ratio 64 (target >= 400 env steps/s) ~4 min
+#   exactness  two processes, same mmaze step bits (the compile cache shared, as jobs share it) ~3 min
 #   resume     a Memory Maze run with the mmaze agent stopped and resumed in a new process: same bits   ~4 min
+# One at a time: a part running beside a timed one would slow the GPU or the cores it times.
 # GPU_FIGURES_SMOKE=1 runs the same parts with tiny presets (a CPU check of this script, ~3 min on 2 cores).
 set -u
 OUT=${OUT:-bench/results/gpu}
@@ -51,9 +52,8 @@ part() {
   echo "$name rc=$? ${limit}s limit, $(( $(date +%s) - t0 ))s" | tee -a "$OUT/parts.txt"
 }
 
-part exactness 240 $PY -m bench.exactness "${EXACT[@]}" --out "$OUT/exactness.json" &
 part agent 270 $PY -m bench.bench_agent "${AGENT[@]}" --precisions float32,bfloat16 --out "$OUT/agent.json"
-wait
 part loop 270 $PY -m bench.bench_loop "${LOOP[@]}" --out "$OUT/loop.json"
+part exactness 240 $PY -m bench.exactness "${EXACT[@]}" --out "$OUT/exactness.json"
 part resume 300 $PY -m bench.exactness "${RESUME[@]}" --out "$OUT/exactness_resume.json"
 echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/parts.txt"
