@@ -121,8 +121,8 @@ bench-exactness: setup ## two processes give the same train-step bits, a Memory 
 bench-preempt: setup ## what one preemption costs with the mmaze agent and Memory Maze envs (stop commit, restore, recompile) -> bench/results/preempt.json
 	$(PY) -m bench.bench_preempt $(BENCH_ARGS)
 
-bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png
-	$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS)
+bench-learn: setup ## learning curve of RECIPE (tmaze_passive_L20 | popgym_repeat_previous_easy) on CPU -> bench/results/learn_<RECIPE>.json/png; SEEDS=0,1,2,3,4: one run per seed, judged together -> learn_<RECIPE>_seeds.json/png
+	$(if $(SEEDS),$(PY) -m bench.learn_seeds --recipe $(RECIPE) --seeds $(SEEDS) $(BENCH_ARGS),$(PY) -m bench.learn --recipe $(RECIPE) $(BENCH_ARGS))
 
 chaos: setup cluster-up ## interrupt smoke runs on the dev cluster with every fault kind (zstd, lz4 and S3 stores), compare to an uninterrupted run -> bench/results/chaos*.json
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
