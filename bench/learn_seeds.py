@@ -70,7 +70,8 @@ def run_seeds(recipe: str, seeds: list[int], parallel: int, overrides: list[str]
         raise SystemExit(f"bench.learn_seeds: the runs of seeds {failed} failed (logs in {workdir})")
 
 
-def plot(recipe: str, results: dict[int, dict], verdicts: list[SeedVerdict], target: float, path: Path) -> None:
+def plot(recipe: str, results: dict[int, dict], verdicts: list[SeedVerdict], target: float, hold: int,
+         path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,8 +81,9 @@ def plot(recipe: str, results: dict[int, dict], verdicts: list[SeedVerdict], tar
     for v in verdicts:
         r = results[v.seed]
         pts = [(row["env_steps"], row[r["metric"]]) for row in r["curve"] if r["metric"] in row]
+        held = "" if v.learned else " (not held)"
         ax.plot(*zip(*pts, strict=True), lw=1.2,
-                label=f"seed {v.seed}: {v.hold_mean:.2f} over the last steps" + ("" if v.learned else " (not held)"))
+                label=f"seed {v.seed}: {v.hold_mean:.2f} over the last {hold // 1000}k steps{held}")
     ax.axhline(target, color="k", ls=":", lw=0.8)
     ax.set_xlabel("env steps")
     ax.set_ylabel(results[verdicts[0].seed]["metric"])
@@ -123,7 +125,7 @@ def main() -> None:
            "learned": sum(v.learned for v in verdicts), "seeds": [dataclasses.asdict(v) for v in verdicts],
            "overrides": results[seeds[0]]["overrides"]}
     (RESULTS / f"learn_{args.recipe}_seeds.json").write_text(json.dumps(out, indent=1))
-    plot(args.recipe, results, verdicts, target, RESULTS / f"learn_{args.recipe}_seeds.png")
+    plot(args.recipe, results, verdicts, target, args.hold, RESULTS / f"learn_{args.recipe}_seeds.png")
     for v in verdicts:
         print(f"seed {v.seed}: first >= {target} at {v.first_reached}, mean {v.hold_mean:.3f} (min {v.hold_min:.2f}) "
               f"over the last {args.hold} steps: {'learned' if v.learned else 'not held'}")
