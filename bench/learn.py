@@ -18,6 +18,7 @@ import platform
 import shutil
 import time
 import uuid
+from math import inf
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -65,6 +66,11 @@ def read_curve(log_dir: Path) -> list[dict]:
         wall[r["env_steps"]] = r["perf/wall_time_s"]
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     return [{**r, "wall_time_s": wall.get(r["env_steps"])} for r in rows]
+
+
+def first_reached(curve: list[dict], key: str, target: float) -> dict | None:
+    """The first row of `curve` whose `key` is at least `target` (rows without `key` skipped)."""
+    return next((r for r in curve if r.get(key, -inf) >= target), None)
 
 
 def plot(curve: list[dict], key: str, title: str, path: Path) -> None:
@@ -122,7 +128,7 @@ def main() -> None:
     curve = read_curve(root / "logs")
     key = "episode/success" if any("episode/success" in r for r in curve) else "episode/return"
     tail = [r[key] for r in curve[-5:] if key in r]
-    reached = next((r for r in curve if target is not None and r.get(key, -1.0) >= target), None)
+    reached = None if target is None else first_reached(curve, key, target)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
         # over every attempt of the run (perf.jsonl carries the wall time across --resume)

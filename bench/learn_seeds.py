@@ -16,10 +16,10 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.learn import RECIPES, RESULTS
+from bench.learn import RECIPES, RESULTS, first_reached
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,32 +40,29 @@ def judge(result: dict, seed: int, hold: int) -> SeedVerdict:
     rows = [r for r in result["curve"] if key in r]
     end = rows[-1]["env_steps"]
     tail = [r[key] for r in rows if r["env_steps"] > end - hold]
-    first = next((r["env_steps"] for r in rows if r[key] >= target), None)
+    first = first_reached(rows, key, target)
     mean = sum(tail) / len(tail)
-    return SeedVerdict(seed=seed, env_steps=end, first_reached=first, hold_mean=round(mean, 4),
-                       hold_min=round(min(tail), 4), learned=mean >= target, wall_time_s=round(result["wall_time_s"]))
+    return SeedVerdict(seed=seed, env_steps=end, first_reached=None if first is None else first["env_steps"],
+                       hold_mean=round(mean, 4), hold_min=round(min(tail), 4), learned=mean >= target,
+                       wall_time_s=round(result["wall_time_s"]))
 
 
 def run_seeds(recipe: str, seeds: list[int], parallel: int, overrides: list[str], workdir: str) -> None:
     """One `bench.learn` process per seed, at most `parallel` at once; fails naming the seeds whose run failed."""
-    pending, running, failed = list(seeds), {}, []
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    while pending or running:
-        while pending and len(running) < parallel:
-            s = pending.pop(0)
-            log = open(Path(workdir) / f"{recipe}_seed{s}.log", "w")  # noqa: SIM115 (closed when the run ends)
-            cmd = [sys.executable, "-m", "bench.learn", "--recipe", recipe, "--seed", str(s),
-                   "--name", f"{recipe}_seed{s}", "--workdir", workdir, *(["--set", *overrides] if overrides else [])]
-            running[s] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-            print(f"seed {s}: started (log {log.name})", flush=True)
-        time.sleep(5)
-        for s, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[s]
-                print(f"seed {s}: exit {proc.returncode}", flush=True)
-                if proc.returncode:
-                    failed.append(s)
+
+    def run(s: int) -> int:
+        cmd = [sys.executable, "-m", "bench.learn", "--recipe", recipe, "--seed", str(s),
+               "--name", f"{recipe}_seed{s}", "--workdir", workdir, *(["--set", *overrides] if overrides else [])]
+        log = Path(workdir) / f"{recipe}_seed{s}.log"
+        print(f"seed {s}: started (log {log})", flush=True)
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        print(f"seed {s}: exit {rc}", flush=True)
+        return rc
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        failed = [s for s, rc in zip(seeds, pool.map(run, seeds), strict=True) if rc]
     if failed:
         raise SystemExit(f"bench.learn_seeds: the runs of seeds {failed} failed (logs in {workdir})")
 
