@@ -25,7 +25,7 @@ import numpy as np
 
 from agent import media
 from agent.envs import VecEnv
-from agent.learner import Learner, make_learner, normalize_obs_spec
+from agent.learner import Learner, make_learner, normalize_obs_spec, params_from_bytes
 from agent.records import LoopState, RecordError
 from agent.run_config import AgentRunConfig, derived_seed
 from agent.world_model import WorldModel
@@ -281,9 +281,7 @@ def evaluate_commit(cfg: AgentRunConfig, durable_url: str, run_dir: Path, episod
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, episodes=episodes))
     ev = Evaluator(cfg, run_dir, media_subdir="eval")
     try:
-        learner = ev.learner
-        template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
-        params = jax.tree.map(jnp.asarray, learner.state_from_bytes(template, restored.blobs["agent_state"]).params)
+        params = params_from_bytes(ev.learner, restored.blobs["agent_state"])
         result = ev.run(params, loop.env_steps, seed=seed, name=f"{restored.commit_id:010d}")
     finally:
         ev.close()

@@ -260,6 +260,13 @@ def make_learner(cfg: AgentConfig, obs_spec: Mapping[str, Any], num_actions: int
                    policy_params)
 
 
+def params_from_bytes(learner: Learner, data: bytes) -> dict:
+    """The params of a committed agent state (`state_to_bytes`), as device arrays; the structure comes from
+    `learner.init`, so a state of another config raises."""
+    template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
+    return jax.tree.map(jnp.asarray, learner.state_from_bytes(template, data).params)
+
+
 def data_mesh(devices: list | None = None) -> Mesh:
     """1-D mesh named "data" over `devices` (default: all)."""
     devices = jax.devices() if devices is None else devices

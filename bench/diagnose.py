@@ -42,7 +42,7 @@ from agent import nets
 from agent.actor_critic import Actor
 from agent.envs import VecEnv
 from agent.envs.tmaze import DOWN, UP
-from agent.learner import make_learner, normalize_obs_spec
+from agent.learner import make_learner, normalize_obs_spec, params_from_bytes
 from agent.records import LoopState
 from agent.run_config import AgentRunConfig
 from agent.train import config_digest, step_schema
@@ -282,9 +282,7 @@ def diagnose(cfg: AgentRunConfig, durable: str, sequences: int = 32, length: int
     cand = np.array(task.candidates)
     threshold = (1 + 1 / len(cand)) / 2 if threshold is None else threshold
     restored, loop, data = _restore(cfg, durable, obs_spec)
-    learner = make_learner(cfg.agent, obs_spec, num_actions)
-    template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
-    params = jax.tree.map(jnp.asarray, learner.state_from_bytes(template, restored.blobs["agent_state"]).params)
+    params = params_from_bytes(make_learner(cfg.agent, obs_spec, num_actions), restored.blobs["agent_state"])
     wins = _windows(data, sequences, length)
     if not wins:
         raise DiagnoseError(f"no stream of {durable} holds an episode start with {length} rows after it: "

@@ -35,7 +35,7 @@ import optax
 from agent import nets
 from agent.envs import VecEnv
 from agent.envs.tmaze import DOWN, UP
-from agent.learner import make_learner
+from agent.learner import make_learner, params_from_bytes
 from agent.train import step_schema
 from agent.world_model import WorldModel
 from bench.diagnose import right_arms
@@ -68,10 +68,7 @@ def main() -> None:
     t_end = rep.info["t"]
     wm = WorldModel(cfg.agent, (("vector", tuple(spec["vector"].shape)),), num_actions)
     if args.from_run:
-        learner = make_learner(cfg.agent, spec, num_actions)
-        template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
-        params = jax.tree.map(jnp.asarray, learner.state_from_bytes(template, restored.blobs["agent_state"]).params)
-        params = params["wm"]
+        params = params_from_bytes(make_learner(cfg.agent, spec, num_actions), restored.blobs["agent_state"])["wm"]
     else:
         params = wm.init(jax.random.PRNGKey(args.init_seed), {k: jnp.asarray(v) for k, v in rep.sample().items()},
                          jax.random.PRNGKey(1), method=WorldModel.loss)
